@@ -1,0 +1,162 @@
+/*
+ * testproc: starts and stops the target processes the specs work on, on
+ * Windows. Every target runs in one job object that kills it when the test
+ * run ends (the job handle closes with the host), even after a failure.
+ *
+ *   local t = testproc.start(command_line [, timeout_ms])
+ *     -- returns once the target has set its ready event
+ *   t:pid()  t:stop([exit_code])  -- stop waits for the exit; idempotent
+ *   testproc.wine_version()        -- Wine's version string, or nil on Windows
+ */
+#include <windows.h>
+#include <stdio.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#define TARGET_META "testproc.target"
+
+typedef struct target {
+  HANDLE process; /* NULL once stopped */
+  DWORD pid;
+} target;
+
+static HANDLE job;
+
+static int fail(lua_State *L, const char *what, DWORD code) {
+  return luaL_error(L, "testproc: %s failed (error %d)", what, (int)code);
+}
+
+static BOOL spawn(WCHAR *cmd, PROCESS_INFORMATION *pi) {
+  STARTUPINFOW si;
+  ZeroMemory(&si, sizeof si);
+  si.cb = sizeof si;
+  return CreateProcessW(NULL, cmd, NULL, NULL, FALSE, CREATE_SUSPENDED, NULL,
+                        NULL, &si, pi);
+}
+
+static int tp_start(lua_State *L) {
+  static unsigned counter;
+  const char *cmd = luaL_checkstring(L, 1);
+  DWORD timeout = (DWORD)luaL_optinteger(L, 2, 20000);
+  char event_name[64];
+  WCHAR *wcmd;
+  int wlen;
+  HANDLE ready, waits[2];
+  PROCESS_INFORMATION pi;
+  target *t;
+  DWORD w;
+
+  snprintf(event_name, sizeof event_name, "rmem-test-ready-%lu-%u",
+           (unsigned long)GetCurrentProcessId(), ++counter);
+  ready = CreateEventA(NULL, TRUE, FALSE, event_name);
+  if (ready == NULL)
+    return fail(L, "CreateEvent", GetLastError());
+
+  lua_pushfstring(L, "%s --ready-event %s", cmd, event_name);
+  wlen = MultiByteToWideChar(CP_UTF8, 0, lua_tostring(L, -1), -1, NULL, 0);
+  wcmd = (WCHAR *)lua_newuserdatauv(L, (size_t)wlen * sizeof(WCHAR), 0);
+  MultiByteToWideChar(CP_UTF8, 0, lua_tostring(L, -2), -1, wcmd, wlen);
+
+  t = (target *)lua_newuserdatauv(L, sizeof *t, 0);
+  t->process = NULL;
+  luaL_setmetatable(L, TARGET_META);
+
+  /* Wine's CreateProcess fails now and then with ERROR_INTERNAL_ERROR:
+   * one retry. */
+  if (!spawn(wcmd, &pi) && (GetLastError() != ERROR_INTERNAL_ERROR || !spawn(wcmd, &pi))) {
+    DWORD e = GetLastError();
+    CloseHandle(ready);
+    return fail(L, "CreateProcess", e);
+  }
+  t->process = pi.hProcess;
+  t->pid = pi.dwProcessId;
+  if (!AssignProcessToJobObject(job, pi.hProcess)) {
+    DWORD e = GetLastError();
+    TerminateProcess(pi.hProcess, 1);
+    CloseHandle(pi.hThread);
+    CloseHandle(ready);
+    return fail(L, "AssignProcessToJobObject", e);
+  }
+  ResumeThread(pi.hThread);
+  CloseHandle(pi.hThread);
+
+  waits[0] = ready;
+  waits[1] = pi.hProcess;
+  w = WaitForMultipleObjects(2, waits, FALSE, timeout);
+  CloseHandle(ready);
+  if (w != WAIT_OBJECT_0) {
+    TerminateProcess(pi.hProcess, 1);
+    return luaL_error(L, "testproc: target %s before it was ready",
+                      w == WAIT_OBJECT_0 + 1 ? "exited" : "timed out");
+  }
+  return 1;
+}
+
+static target *check_target(lua_State *L) {
+  return (target *)luaL_checkudata(L, 1, TARGET_META);
+}
+
+static int tp_pid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_target(L)->pid);
+  return 1;
+}
+
+/* Kills the target (if still running) and waits until it has exited. */
+static int tp_stop(lua_State *L) {
+  target *t = check_target(L);
+  UINT code = (UINT)luaL_optinteger(L, 2, 1);
+  if (t->process != NULL) {
+    HANDLE h = t->process;
+    t->process = NULL;
+    TerminateProcess(h, code);
+    WaitForSingleObject(h, 10000);
+    CloseHandle(h);
+  }
+  return 0;
+}
+
+static int tp_wine_version(lua_State *L) {
+  typedef const char *(*wine_get_version_fn)(void);
+  HMODULE ntdll = GetModuleHandleA("ntdll.dll");
+  wine_get_version_fn f =
+      ntdll ? (wine_get_version_fn)(void (*)(void))GetProcAddress(ntdll, "wine_get_version") : NULL;
+  if (f == NULL)
+    lua_pushnil(L);
+  else
+    lua_pushstring(L, f());
+  return 1;
+}
+
+static const luaL_Reg funcs[] = {
+  {"start", tp_start},
+  {"wine_version", tp_wine_version},
+  {NULL, NULL}
+};
+
+static const luaL_Reg methods[] = {
+  {"pid", tp_pid},
+  {"stop", tp_stop},
+  {NULL, NULL}
+};
+
+__declspec(dllexport) int luaopen_testproc(lua_State *L) {
+  if (job == NULL) {
+    JOBOBJECT_EXTENDED_LIMIT_INFORMATION li;
+    job = CreateJobObjectW(NULL, NULL);
+    if (job == NULL)
+      return fail(L, "CreateJobObject", GetLastError());
+    ZeroMemory(&li, sizeof li);
+    li.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+    if (!SetInformationJobObject(job, JobObjectExtendedLimitInformation, &li, sizeof li))
+      return fail(L, "SetInformationJobObject", GetLastError());
+  }
+  luaL_newmetatable(L, TARGET_META);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, tp_stop);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  return 1;
+}

@@ -1,0 +1,79 @@
+/*
+ * The interface between rmem.core (core.c, the only file that talks to Lua)
+ * and one backend per operating system (backend_win.c, ...).
+ *
+ * Backends never include lua.h. Every call that can fail returns 0 on
+ * success or the OS error code (GetLastError() on Windows, errno on Linux),
+ * read right after the failing call. Flags, protections and access masks are
+ * the Win32 numbers on every platform.
+ */
+#ifndef RMEM_BACKEND_H
+#define RMEM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef unsigned long rb_err;
+
+/* luaopen_rmem_core must be exported from the DLL whatever builds it. */
+#if defined(_WIN32)
+#define RMEM_EXPORT __declspec(dllexport)
+#else
+#define RMEM_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* An open process: opaque, owned by the backend, released by rb_close. */
+typedef struct rb_proc rb_proc;
+
+/* One VirtualQueryEx answer. */
+typedef struct rb_region {
+  uintptr_t base, allocation_base;
+  size_t size;
+  unsigned long allocation_protect, state, protect, type;
+} rb_region;
+
+/* One running process, as a process list gives it. */
+typedef struct rb_procinfo {
+  unsigned long pid, parent_pid;
+  char name[260]; /* the executable's base name, UTF-8 */
+} rb_procinfo;
+
+extern const char rb_platform[];
+size_t rb_page_size(void);
+size_t rb_granularity(void);
+/* The highest address a user-mode allocation can reach, plus one. */
+uintptr_t rb_user_end(void);
+
+rb_err rb_open(unsigned long pid, unsigned long access, rb_proc **out);
+rb_err rb_open_self(rb_proc **out);
+void rb_close(rb_proc *p);
+
+unsigned long rb_pid(const rb_proc *p);
+int rb_bits(const rb_proc *p);
+/* The executable's base name, UTF-8, into buf (empty if unknown). */
+void rb_name(const rb_proc *p, char *buf, size_t n);
+/* *alive is 1 while the process runs; *code is its exit code once it ended. */
+rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code);
+
+rb_err rb_alloc(rb_proc *p, uintptr_t addr, size_t size, unsigned long type,
+                unsigned long protect, uintptr_t *out);
+rb_err rb_free(rb_proc *p, uintptr_t addr, size_t size, unsigned long type);
+rb_err rb_protect(rb_proc *p, uintptr_t addr, size_t size,
+                  unsigned long protect, unsigned long *old);
+rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info);
+/* *done is the number of bytes transferred, also when the call fails. */
+rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done);
+rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n,
+                size_t *done);
+
+/* Fills up to cap entries and sets *count to the number of processes, which
+ * may exceed cap: call again with a larger buffer then. */
+rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count);
+rb_err rb_enable_debug_privilege(void);
+
+/* The OS's text for an error code, without a trailing newline. */
+void rb_message(rb_err code, char *buf, size_t n);
+/* The symbolic name of an error code ("ERROR_ACCESS_DENIED"), or NULL. */
+const char *rb_error_name(rb_err code);
+
+#endif

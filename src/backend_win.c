@@ -1,0 +1,281 @@
+/*
+ * The Windows backend: the Win32 memory and process calls behind backend.h.
+ * Plain C99 that MinGW-w64 and MSVC both compile; depends on kernel32 and
+ * advapi32 (for the debug privilege) only.
+ */
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#include <tlhelp32.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+
+struct rb_proc {
+  HANDLE h;
+  DWORD pid;
+  int is_self; /* h is the pseudo-handle: never CloseHandle it */
+};
+
+const char rb_platform[] = "windows";
+
+/* The error of the call that just failed; a failure without a code still
+ * has to read as a failure. */
+static rb_err last_error(void) {
+  DWORD e = GetLastError();
+  return e ? (rb_err)e : (rb_err)ERROR_GEN_FAILURE;
+}
+
+static SYSTEM_INFO sysinfo(void) {
+  SYSTEM_INFO si;
+  GetSystemInfo(&si);
+  return si;
+}
+
+size_t rb_page_size(void) { return (size_t)sysinfo().dwPageSize; }
+size_t rb_granularity(void) { return (size_t)sysinfo().dwAllocationGranularity; }
+uintptr_t rb_user_end(void) {
+  return (uintptr_t)sysinfo().lpMaximumApplicationAddress + 1;
+}
+
+rb_err rb_open(unsigned long pid, unsigned long access, rb_proc **out) {
+  rb_proc *p = (rb_proc *)malloc(sizeof *p);
+  if (p == NULL)
+    return ERROR_NOT_ENOUGH_MEMORY;
+  p->h = OpenProcess((DWORD)access, FALSE, (DWORD)pid);
+  if (p->h == NULL) {
+    rb_err e = last_error();
+    free(p);
+    return e;
+  }
+  p->pid = (DWORD)pid;
+  p->is_self = 0;
+  *out = p;
+  return 0;
+}
+
+rb_err rb_open_self(rb_proc **out) {
+  rb_proc *p = (rb_proc *)malloc(sizeof *p);
+  if (p == NULL)
+    return ERROR_NOT_ENOUGH_MEMORY;
+  p->h = GetCurrentProcess();
+  p->pid = GetCurrentProcessId();
+  p->is_self = 1;
+  *out = p;
+  return 0;
+}
+
+void rb_close(rb_proc *p) {
+  if (!p->is_self)
+    CloseHandle(p->h);
+  free(p);
+}
+
+unsigned long rb_pid(const rb_proc *p) { return p->pid; }
+
+int rb_bits(const rb_proc *p) {
+  BOOL target_wow = FALSE;
+  if (!IsWow64Process(p->h, &target_wow))
+    return (int)sizeof(void *) * 8; /* no query right: assume our own */
+#if defined(_WIN64)
+  return target_wow ? 32 : 64;
+#else
+  {
+    BOOL self_wow = FALSE;
+    /* a 32-bit host on 64-bit Windows runs under WOW64 itself */
+    IsWow64Process(GetCurrentProcess(), &self_wow);
+    return self_wow && !target_wow ? 64 : 32;
+  }
+#endif
+}
+
+static void to_utf8(const WCHAR *w, char *buf, size_t n) {
+  if (n == 0)
+    return;
+  if (WideCharToMultiByte(CP_UTF8, 0, w, -1, buf, (int)n, NULL, NULL) == 0)
+    buf[0] = '\0';
+}
+
+static const WCHAR *base_name(const WCHAR *path) {
+  const WCHAR *s = path, *base = path;
+  for (; *s; s++)
+    if (*s == L'\\' || *s == L'/')
+      base = s + 1;
+  return base;
+}
+
+void rb_name(const rb_proc *p, char *buf, size_t n) {
+  WCHAR path[MAX_PATH * 2];
+  DWORD len = (DWORD)(sizeof path / sizeof path[0]);
+  if (n == 0)
+    return;
+  buf[0] = '\0';
+  if (QueryFullProcessImageNameW(p->h, 0, path, &len))
+    to_utf8(base_name(path), buf, n);
+}
+
+rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code) {
+  DWORD c;
+  if (!GetExitCodeProcess(p->h, &c))
+    return last_error();
+  /* STILL_ACTIVE (259) is also a possible exit code: ask the handle. */
+  *alive = c == STILL_ACTIVE && WaitForSingleObject(p->h, 0) != WAIT_OBJECT_0;
+  *code = c;
+  return 0;
+}
+
+rb_err rb_alloc(rb_proc *p, uintptr_t addr, size_t size, unsigned long type,
+                unsigned long protect, uintptr_t *out) {
+  LPVOID r = VirtualAllocEx(p->h, (LPVOID)addr, (SIZE_T)size, (DWORD)type,
+                            (DWORD)protect);
+  if (r == NULL)
+    return last_error();
+  *out = (uintptr_t)r;
+  return 0;
+}
+
+rb_err rb_free(rb_proc *p, uintptr_t addr, size_t size, unsigned long type) {
+  if (!VirtualFreeEx(p->h, (LPVOID)addr, (SIZE_T)size, (DWORD)type))
+    return last_error();
+  return 0;
+}
+
+rb_err rb_protect(rb_proc *p, uintptr_t addr, size_t size,
+                  unsigned long protect, unsigned long *old) {
+  DWORD o = 0;
+  if (!VirtualProtectEx(p->h, (LPVOID)addr, (SIZE_T)size, (DWORD)protect, &o))
+    return last_error();
+  *old = o;
+  return 0;
+}
+
+rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info) {
+  MEMORY_BASIC_INFORMATION m;
+  if (VirtualQueryEx(p->h, (LPCVOID)addr, &m, sizeof m) == 0)
+    return last_error();
+  info->base = (uintptr_t)m.BaseAddress;
+  info->size = (size_t)m.RegionSize;
+  info->allocation_base = (uintptr_t)m.AllocationBase;
+  info->allocation_protect = m.AllocationProtect;
+  info->state = m.State;
+  info->protect = m.Protect;
+  info->type = m.Type;
+  return 0;
+}
+
+rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done) {
+  SIZE_T got = 0;
+  BOOL ok = ReadProcessMemory(p->h, (LPCVOID)addr, buf, (SIZE_T)n, &got);
+  rb_err e = ok ? 0 : last_error();
+  *done = (size_t)got;
+  return e;
+}
+
+rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n,
+                size_t *done) {
+  SIZE_T put = 0;
+  BOOL ok = WriteProcessMemory(p->h, (LPVOID)addr, buf, (SIZE_T)n, &put);
+  rb_err e = ok ? 0 : last_error();
+  *done = (size_t)put;
+  return e;
+}
+
+rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count) {
+  PROCESSENTRY32W pe;
+  size_t n = 0;
+  HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0);
+  if (snap == INVALID_HANDLE_VALUE)
+    return last_error();
+  pe.dwSize = sizeof pe;
+  if (Process32FirstW(snap, &pe)) {
+    do {
+      if (n < cap) {
+        list[n].pid = pe.th32ProcessID;
+        list[n].parent_pid = pe.th32ParentProcessID;
+        to_utf8(base_name(pe.szExeFile), list[n].name, sizeof list[n].name);
+      }
+      n++;
+    } while (Process32NextW(snap, &pe));
+  }
+  CloseHandle(snap);
+  *count = n;
+  return 0;
+}
+
+rb_err rb_enable_debug_privilege(void) {
+  HANDLE token;
+  TOKEN_PRIVILEGES tp;
+  rb_err e = 0;
+  if (!OpenProcessToken(GetCurrentProcess(),
+                        TOKEN_ADJUST_PRIVILEGES | TOKEN_QUERY, &token))
+    return last_error();
+  tp.PrivilegeCount = 1;
+  tp.Privileges[0].Attributes = SE_PRIVILEGE_ENABLED;
+  if (!LookupPrivilegeValueW(NULL, L"SeDebugPrivilege", &tp.Privileges[0].Luid) ||
+      !AdjustTokenPrivileges(token, FALSE, &tp, sizeof tp, NULL, NULL))
+    e = last_error();
+  else if (GetLastError() == ERROR_NOT_ALL_ASSIGNED) /* succeeded, not granted */
+    e = ERROR_NOT_ALL_ASSIGNED;
+  CloseHandle(token);
+  return e;
+}
+
+void rb_message(rb_err code, char *buf, size_t n) {
+  WCHAR w[512];
+  DWORD len = FormatMessageW(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
+                             NULL, (DWORD)code, 0, w, (DWORD)(sizeof w / sizeof w[0]), NULL);
+  if (n == 0)
+    return;
+  while (len > 0 && (w[len - 1] == L'\r' || w[len - 1] == L'\n' || w[len - 1] == L' '))
+    len--;
+  w[len] = L'\0';
+  if (len == 0) {
+    snprintf(buf, n, "error %lu", code);
+    return;
+  }
+  to_utf8(w, buf, n);
+}
+
+static const struct {
+  rb_err code;
+  const char *name;
+} error_names[] = {
+  {ERROR_INVALID_FUNCTION, "ERROR_INVALID_FUNCTION"},
+  {ERROR_FILE_NOT_FOUND, "ERROR_FILE_NOT_FOUND"},
+  {ERROR_PATH_NOT_FOUND, "ERROR_PATH_NOT_FOUND"},
+  {ERROR_ACCESS_DENIED, "ERROR_ACCESS_DENIED"},
+  {ERROR_INVALID_HANDLE, "ERROR_INVALID_HANDLE"},
+  {ERROR_NOT_ENOUGH_MEMORY, "ERROR_NOT_ENOUGH_MEMORY"},
+  {ERROR_INVALID_ACCESS, "ERROR_INVALID_ACCESS"},
+  {ERROR_OUTOFMEMORY, "ERROR_OUTOFMEMORY"},
+  {ERROR_GEN_FAILURE, "ERROR_GEN_FAILURE"},
+  {ERROR_NOT_SUPPORTED, "ERROR_NOT_SUPPORTED"},
+  {ERROR_INVALID_PARAMETER, "ERROR_INVALID_PARAMETER"},
+  {ERROR_INSUFFICIENT_BUFFER, "ERROR_INSUFFICIENT_BUFFER"},
+  {ERROR_ALREADY_EXISTS, "ERROR_ALREADY_EXISTS"},
+  {ERROR_PARTIAL_COPY, "ERROR_PARTIAL_COPY"},
+  {ERROR_INVALID_ADDRESS, "ERROR_INVALID_ADDRESS"},
+  {ERROR_COMMITMENT_MINIMUM, "ERROR_COMMITMENT_MINIMUM"},
+  {ERROR_NOACCESS, "ERROR_NOACCESS"},
+  {ERROR_INVALID_FLAGS, "ERROR_INVALID_FLAGS"},
+  {ERROR_PROCESS_ABORTED, "ERROR_PROCESS_ABORTED"},
+  {ERROR_NOT_ALL_ASSIGNED, "ERROR_NOT_ALL_ASSIGNED"},
+  {ERROR_PRIVILEGE_NOT_HELD, "ERROR_PRIVILEGE_NOT_HELD"},
+  {ERROR_INTERNAL_ERROR, "ERROR_INTERNAL_ERROR"},
+  {ERROR_NO_SYSTEM_RESOURCES, "ERROR_NO_SYSTEM_RESOURCES"},
+  {ERROR_WORKING_SET_QUOTA, "ERROR_WORKING_SET_QUOTA"},
+  {ERROR_COMMITMENT_LIMIT, "ERROR_COMMITMENT_LIMIT"},
+  {0, NULL}
+};
+
+const char *rb_error_name(rb_err code) {
+  int i;
+  for (i = 0; error_names[i].name != NULL; i++)
+    if (error_names[i].code == code)
+      return error_names[i].name;
+  return NULL;
+}

@@ -1,0 +1,438 @@
+/*
+ * rmem.core: process handles as full userdata with raw methods that map one
+ * to one onto the OS memory calls. The only file that talks to Lua; the OS
+ * calls live in a backend behind backend.h.
+ *
+ * Conventions (liolib.c): an OS failure returns nil, "op: message", code
+ * (and, for a partial read or write, the bytes done); a wrong argument type
+ * or range raises.
+ */
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "backend.h"
+
+#define RMEM_VERSION "rmem.core 0.1.0"
+#define HANDLE_META "rmem.core.handle"
+
+/* Windows' least access for alloc/free/protect/read/write/query. */
+#define DEFAULT_ACCESS (0x0008UL | 0x0010UL | 0x0020UL | 0x0400UL | 0x100000UL)
+
+typedef struct lhandle {
+  rb_proc *p; /* NULL once closed */
+} lhandle;
+
+/* ---- results and arguments ---------------------------------------------- */
+
+static int os_fail(lua_State *L, const char *op, rb_err code) {
+  char msg[512];
+  rb_message(code, msg, sizeof msg);
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: %s", op, msg);
+  lua_pushinteger(L, (lua_Integer)code);
+  return 3;
+}
+
+/* A non-negative integer argument that fits in a pointer. */
+static lua_Integer check_nonneg(lua_State *L, int arg, const char *what) {
+  lua_Integer v = luaL_checkinteger(L, arg);
+  if (v < 0)
+    luaL_argerror(L, arg, lua_pushfstring(L, "%s must not be negative", what));
+  if ((lua_Unsigned)v > (lua_Unsigned)UINTPTR_MAX)
+    luaL_argerror(L, arg, lua_pushfstring(L, "%s does not fit in a pointer", what));
+  return v;
+}
+
+static uintptr_t check_address(lua_State *L, int arg) {
+  return (uintptr_t)check_nonneg(L, arg, "address");
+}
+
+/* size at arg, for a range that starts at address: it must not wrap. */
+static size_t check_size(lua_State *L, int arg, uintptr_t address) {
+  lua_Integer size = check_nonneg(L, arg, "size");
+  if ((lua_Unsigned)size > (lua_Unsigned)LUA_MAXINTEGER - address ||
+      (uintptr_t)size > UINTPTR_MAX - address)
+    luaL_argerror(L, arg, "range wraps past the end of the address space");
+  return (size_t)size;
+}
+
+/* A 32-bit flag, protection or access mask. */
+static unsigned long check_mask(lua_State *L, int arg) {
+  lua_Integer v = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, v >= 0 && v <= 0xFFFFFFFF, arg, "must be a 32-bit mask");
+  return (unsigned long)v;
+}
+
+/* ---- handles -------------------------------------------------------------- */
+
+/* Created closed, so a failed open leaves a consistent object (newprefile). */
+static lhandle *new_handle(lua_State *L) {
+  lhandle *h = (lhandle *)lua_newuserdatauv(L, sizeof(lhandle), 0);
+  h->p = NULL;
+  luaL_setmetatable(L, HANDLE_META);
+  return h;
+}
+
+static rb_proc *check_proc(lua_State *L) {
+  lhandle *h = (lhandle *)luaL_checkudata(L, 1, HANDLE_META);
+  if (h->p == NULL)
+    luaL_error(L, "attempt to use a closed process handle");
+  return h->p;
+}
+
+/* __gc and __close: idempotent, never raises. */
+static int h_gc(lua_State *L) {
+  lhandle *h = (lhandle *)luaL_checkudata(L, 1, HANDLE_META);
+  rb_proc *p = h->p;
+  if (p != NULL) {
+    h->p = NULL;
+    rb_close(p);
+  }
+  return 0;
+}
+
+static int h_close(lua_State *L) {
+  check_proc(L);
+  h_gc(L);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int h_tostring(lua_State *L) {
+  lhandle *h = (lhandle *)luaL_checkudata(L, 1, HANDLE_META);
+  if (h->p == NULL)
+    lua_pushliteral(L, HANDLE_META " (closed)");
+  else
+    lua_pushfstring(L, HANDLE_META " (pid %I)", (lua_Integer)rb_pid(h->p));
+  return 1;
+}
+
+static int h_pid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)rb_pid(check_proc(L)));
+  return 1;
+}
+
+static int h_bits(lua_State *L) {
+  lua_pushinteger(L, rb_bits(check_proc(L)));
+  return 1;
+}
+
+static int h_name(lua_State *L) {
+  char name[1024];
+  rb_name(check_proc(L), name, sizeof name);
+  lua_pushstring(L, name);
+  return 1;
+}
+
+static int h_is_alive(lua_State *L) {
+  int alive;
+  unsigned long code;
+  rb_err e = rb_status(check_proc(L), &alive, &code);
+  if (e)
+    return os_fail(L, "is_alive", e);
+  lua_pushboolean(L, alive);
+  return 1;
+}
+
+static int h_exit_code(lua_State *L) {
+  int alive;
+  unsigned long code;
+  rb_err e = rb_status(check_proc(L), &alive, &code);
+  if (e)
+    return os_fail(L, "exit_code", e);
+  if (alive)
+    lua_pushnil(L);
+  else
+    lua_pushinteger(L, (lua_Integer)code);
+  return 1;
+}
+
+/* h:alloc(address_or_nil, size, alloc_type, protect) -> address */
+static int h_alloc(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t addr = lua_isnoneornil(L, 2) ? 0 : check_address(L, 2);
+  size_t size = check_size(L, 3, addr);
+  unsigned long type = check_mask(L, 4), prot = check_mask(L, 5);
+  uintptr_t out;
+  rb_err e = rb_alloc(p, addr, size, type, prot, &out);
+  if (e)
+    return os_fail(L, "alloc", e);
+  lua_pushinteger(L, (lua_Integer)out);
+  return 1;
+}
+
+/* h:free(address, size, free_type) -> true */
+static int h_free(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t addr = check_address(L, 2);
+  size_t size = check_size(L, 3, addr);
+  rb_err e = rb_free(p, addr, size, check_mask(L, 4));
+  if (e)
+    return os_fail(L, "free", e);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* h:decommit(address, size) -> true */
+static int h_decommit(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t addr = check_address(L, 2);
+  size_t size = check_size(L, 3, addr);
+  rb_err e = rb_free(p, addr, size, 0x4000UL /* MEM_DECOMMIT */);
+  if (e)
+    return os_fail(L, "decommit", e);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* h:protect(address, size, protect) -> old protect */
+static int h_protect(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t addr = check_address(L, 2);
+  size_t size = check_size(L, 3, addr);
+  unsigned long old;
+  rb_err e = rb_protect(p, addr, size, check_mask(L, 4), &old);
+  if (e)
+    return os_fail(L, "protect", e);
+  lua_pushinteger(L, (lua_Integer)old);
+  return 1;
+}
+
+static void set_int(lua_State *L, const char *k, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* h:query(address) -> { base, size, allocation_base, allocation_protect,
+ * state, protect, type } */
+static int h_query(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  rb_region r;
+  rb_err e = rb_query(p, check_address(L, 2), &r);
+  if (e)
+    return os_fail(L, "query", e);
+  lua_createtable(L, 0, 7);
+  set_int(L, "base", (lua_Integer)r.base);
+  set_int(L, "size", (lua_Integer)r.size);
+  set_int(L, "allocation_base", (lua_Integer)r.allocation_base);
+  set_int(L, "allocation_protect", (lua_Integer)r.allocation_protect);
+  set_int(L, "state", (lua_Integer)r.state);
+  set_int(L, "protect", (lua_Integer)r.protect);
+  set_int(L, "type", (lua_Integer)r.type);
+  return 1;
+}
+
+/* h:read(address, n) -> string; partial: nil, msg, code, bytes_read */
+static int h_read(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t addr = check_address(L, 2);
+  size_t n = check_size(L, 3, addr), done = 0;
+  luaL_Buffer b;
+  char *buf = luaL_buffinitsize(L, &b, n);
+  rb_err e = n ? rb_read(p, addr, buf, n, &done) : 0;
+  if (e) {
+    luaL_pushresultsize(&b, 0);
+    lua_pop(L, 1);
+    os_fail(L, "read", e);
+    lua_pushinteger(L, (lua_Integer)done);
+    return 4;
+  }
+  luaL_pushresultsize(&b, n);
+  return 1;
+}
+
+/* h:write(address, bytes) -> bytes written; partial: nil, msg, code, done */
+static int h_write(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t addr = check_address(L, 2);
+  size_t n, done = 0;
+  const char *s = luaL_checklstring(L, 3, &n);
+  rb_err e;
+  if (n > UINTPTR_MAX - addr || n > (lua_Unsigned)LUA_MAXINTEGER - addr)
+    return luaL_argerror(L, 3, "range wraps past the end of the address space");
+  e = n ? rb_write(p, addr, s, n, &done) : 0;
+  if (e) {
+    os_fail(L, "write", e);
+    lua_pushinteger(L, (lua_Integer)done);
+    return 4;
+  }
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
+/* ---- module functions ------------------------------------------------------ */
+
+/* core.open(pid [, access]) -> handle */
+static int core_open(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  unsigned long access = lua_isnoneornil(L, 2) ? DEFAULT_ACCESS : check_mask(L, 2);
+  lhandle *h;
+  rb_err e;
+  luaL_argcheck(L, pid >= 0 && pid <= 0xFFFFFFFF, 1, "pid out of range");
+  h = new_handle(L);
+  e = rb_open((unsigned long)pid, access, &h->p);
+  if (e)
+    return os_fail(L, "open", e);
+  return 1;
+}
+
+/* core.self() -> a handle on the current process */
+static int core_self(lua_State *L) {
+  lhandle *h = new_handle(L);
+  rb_err e = rb_open_self(&h->p);
+  if (e)
+    return os_fail(L, "self", e);
+  return 1;
+}
+
+/* core.processes() -> { {pid=, parent_pid=, name=}, ... } */
+static int core_processes(lua_State *L) {
+  size_t cap = 256, count, i;
+  rb_procinfo *list;
+  rb_err e;
+  for (;;) {
+    /* a userdata, so an error while pushing leaks nothing */
+    list = (rb_procinfo *)lua_newuserdatauv(L, cap * sizeof *list, 0);
+    e = rb_processes(list, cap, &count);
+    if (e)
+      return os_fail(L, "processes", e);
+    if (count <= cap)
+      break;
+    lua_pop(L, 1);
+    cap = count + 64; /* a few more in case processes start meanwhile */
+  }
+  lua_createtable(L, (int)count, 0);
+  for (i = 0; i < count; i++) {
+    lua_createtable(L, 0, 3);
+    set_int(L, "pid", (lua_Integer)list[i].pid);
+    set_int(L, "parent_pid", (lua_Integer)list[i].parent_pid);
+    lua_pushstring(L, list[i].name);
+    lua_setfield(L, -2, "name");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+static int core_enable_debug_privilege(lua_State *L) {
+  rb_err e = rb_enable_debug_privilege();
+  if (e)
+    return os_fail(L, "enable_debug_privilege", e);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.error_name(code) -> "ERROR_ACCESS_DENIED" or nil */
+static int core_error_name(lua_State *L) {
+  lua_Integer code = luaL_checkinteger(L, 1);
+  const char *name = code >= 0 && code <= 0xFFFFFFFF ? rb_error_name((rb_err)code) : NULL;
+  if (name == NULL)
+    lua_pushnil(L);
+  else
+    lua_pushstring(L, name);
+  return 1;
+}
+
+/* core.error_message(code) -> the OS's text */
+static int core_error_message(lua_State *L) {
+  lua_Integer code = luaL_checkinteger(L, 1);
+  char msg[512];
+  luaL_argcheck(L, code >= 0 && code <= 0xFFFFFFFF, 1, "error code out of range");
+  rb_message((rb_err)code, msg, sizeof msg);
+  lua_pushstring(L, msg);
+  return 1;
+}
+
+/* ---- registration ------------------------------------------------------------ */
+
+/* The Win32 numbers, on every platform (the backends give them meaning). */
+static const struct {
+  const char *name;
+  lua_Integer value;
+} flags[] = {
+  {"MEM_COMMIT", 0x1000}, {"MEM_RESERVE", 0x2000}, {"MEM_DECOMMIT", 0x4000},
+  {"MEM_RELEASE", 0x8000}, {"MEM_FREE", 0x10000}, {"MEM_PRIVATE", 0x20000},
+  {"MEM_MAPPED", 0x40000}, {"MEM_RESET", 0x80000}, {"MEM_TOP_DOWN", 0x100000},
+  {"MEM_WRITE_WATCH", 0x200000}, {"MEM_PHYSICAL", 0x400000},
+  {"MEM_RESET_UNDO", 0x1000000}, {"MEM_IMAGE", 0x1000000},
+  {"MEM_LARGE_PAGES", 0x20000000},
+  {"PAGE_NOACCESS", 0x01}, {"PAGE_READONLY", 0x02}, {"PAGE_READWRITE", 0x04},
+  {"PAGE_WRITECOPY", 0x08}, {"PAGE_EXECUTE", 0x10},
+  {"PAGE_EXECUTE_READ", 0x20}, {"PAGE_EXECUTE_READWRITE", 0x40},
+  {"PAGE_EXECUTE_WRITECOPY", 0x80}, {"PAGE_GUARD", 0x100},
+  {"PAGE_NOCACHE", 0x200}, {"PAGE_WRITECOMBINE", 0x400},
+  {"PAGE_TARGETS_INVALID", 0x40000000}, {"PAGE_TARGETS_NO_UPDATE", 0x40000000},
+  {"PROCESS_TERMINATE", 0x0001}, {"PROCESS_CREATE_THREAD", 0x0002},
+  {"PROCESS_SET_SESSIONID", 0x0004}, {"PROCESS_VM_OPERATION", 0x0008},
+  {"PROCESS_VM_READ", 0x0010}, {"PROCESS_VM_WRITE", 0x0020},
+  {"PROCESS_DUP_HANDLE", 0x0040}, {"PROCESS_CREATE_PROCESS", 0x0080},
+  {"PROCESS_SET_QUOTA", 0x0100}, {"PROCESS_SET_INFORMATION", 0x0200},
+  {"PROCESS_QUERY_INFORMATION", 0x0400}, {"PROCESS_SUSPEND_RESUME", 0x0800},
+  {"PROCESS_QUERY_LIMITED_INFORMATION", 0x1000},
+  {"PROCESS_SET_LIMITED_INFORMATION", 0x2000}, {"SYNCHRONIZE", 0x100000},
+  {"PROCESS_ALL_ACCESS", 0x1FFFFF},
+  {NULL, 0}
+};
+
+static const luaL_Reg funcs[] = {
+  {"open", core_open},
+  {"self", core_self},
+  {"processes", core_processes},
+  {"enable_debug_privilege", core_enable_debug_privilege},
+  {"error_name", core_error_name},
+  {"error_message", core_error_message},
+  {NULL, NULL}
+};
+
+static const luaL_Reg methods[] = {
+  {"alloc", h_alloc},
+  {"free", h_free},
+  {"decommit", h_decommit},
+  {"protect", h_protect},
+  {"query", h_query},
+  {"read", h_read},
+  {"write", h_write},
+  {"is_alive", h_is_alive},
+  {"exit_code", h_exit_code},
+  {"pid", h_pid},
+  {"bits", h_bits},
+  {"name", h_name},
+  {"close", h_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg metamethods[] = {
+  {"__index", NULL}, /* set to the methods table below */
+  {"__gc", h_gc},
+  {"__close", h_gc},
+  {"__tostring", h_tostring},
+  {NULL, NULL}
+};
+
+static void createmeta(lua_State *L) {
+  luaL_newmetatable(L, HANDLE_META);
+  luaL_setfuncs(L, metamethods, 0);
+  luaL_newlibtable(L, methods);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
+RMEM_EXPORT int luaopen_rmem_core(lua_State *L) {
+  int i;
+  luaL_newlib(L, funcs);
+  createmeta(L);
+  lua_createtable(L, 0, (int)(sizeof flags / sizeof flags[0]));
+  for (i = 0; flags[i].name != NULL; i++)
+    set_int(L, flags[i].name, flags[i].value);
+  lua_setfield(L, -2, "flags");
+  set_int(L, "page_size", (lua_Integer)rb_page_size());
+  set_int(L, "granularity", (lua_Integer)rb_granularity());
+  set_int(L, "user_end", (lua_Integer)rb_user_end());
+  lua_pushstring(L, rb_platform);
+  lua_setfield(L, -2, "platform");
+  lua_pushliteral(L, RMEM_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  return 1;
+}
