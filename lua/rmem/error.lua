@@ -1,0 +1,121 @@
+--- rmem.Error: the error object every failure in the rmem layer raises.
+-- Fields: op, code, name, message, pid, address, size, hint (and bytes_done
+-- for a partial read or write). `tostring(e)` reads as one line.
+local core = require "rmem.core"
+
+local Error = {}
+Error.__index = Error
+Error.__name = "rmem.Error"
+
+--- Hints: what usually causes an error and what to do, by op and by name
+-- ("*" for any op). The Linux names join these in the Linux backend.
+local hints = {
+  open = {
+    ERROR_ACCESS_DENIED = "the process runs as another user or at a higher integrity level: "
+      .. "run elevated, open it with less access ({ access = \"read\" }), or call "
+      .. "rmem.enable_debug_privilege() first (administrators only)",
+    ERROR_INVALID_PARAMETER = "no process has this pid (it may have exited): "
+      .. "rmem.processes() lists the running ones",
+    PROCESS_NOT_FOUND = "rmem.processes() lists the running processes and their names",
+    AMBIGUOUS_NAME = "open one of them by pid: rmem.open(pid)",
+  },
+  alloc = {
+    ERROR_INVALID_PARAMETER = "the size must be positive, and the protection valid for "
+      .. "the allocation type (large pages need commit and a size that is a multiple "
+      .. "of the large-page size)",
+    ERROR_INVALID_ADDRESS = "the wanted address is already in use or not allocatable: "
+      .. "leave opts.address out to let the system choose",
+    ERROR_PRIVILEGE_NOT_HELD = "large pages need SeLockMemoryPrivilege in the host's token",
+  },
+  commit = {
+    ERROR_INVALID_ADDRESS = "commit needs pages inside a reservation (p:alloc(size, "
+      .. "{ commit = false })): p:query(addr) shows what is there",
+  },
+  reset = {
+    ERROR_INVALID_ADDRESS = "reset needs committed pages: p:query(addr) shows what is there",
+  },
+  free = {
+    ERROR_INVALID_PARAMETER = "free needs the base address that alloc returned "
+      .. "(MEM_RELEASE releases whole allocations only, with size 0)",
+    ERROR_INVALID_ADDRESS = "free needs the base address that alloc returned "
+      .. "(MEM_RELEASE releases whole allocations only)",
+    REGION_FREED = "a region is released exactly once; allocate a new one",
+  },
+  decommit = {
+    ERROR_INVALID_PARAMETER = "the range must lie inside one allocation; decommit(base, 0) "
+      .. "decommits a whole allocation",
+    ERROR_INVALID_ADDRESS = "the range must lie inside one allocation; decommit(base, 0) "
+      .. "decommits a whole allocation",
+  },
+  protect = {
+    ERROR_INVALID_ADDRESS = "protect needs committed pages inside one allocation: "
+      .. "commit them first (reserved and free pages have no protection)",
+    ERROR_INVALID_PARAMETER = "the protection is not valid for these pages "
+      .. "(committed pages of one allocation, one PAGE_* value plus modifiers)",
+  },
+  query = {
+    ERROR_INVALID_PARAMETER = "the address is above the highest user-mode address",
+  },
+  read = {
+    ERROR_PARTIAL_COPY = "part of the range is not committed or not readable: "
+      .. "p:query(addr) shows the page states",
+    ERROR_NOACCESS = "the pages are not readable: p:query(addr) shows their protection",
+  },
+  write = {
+    ERROR_PARTIAL_COPY = "part of the range is not committed or not writable: "
+      .. "p:query(addr) shows the page states",
+    ERROR_NOACCESS = "the pages are read-only or not accessible: "
+      .. "p:write(addr, bytes, { force = true }) makes them writable for the write",
+  },
+  ["*"] = {
+    ERROR_ACCESS_DENIED = "the handle lacks the access right for this operation "
+      .. "(opened with { access = \"read\" }?)",
+    ERROR_INVALID_HANDLE = "the process handle is no longer valid",
+    ERROR_NOT_ENOUGH_MEMORY = "the target has not enough free address space or commit charge",
+    ERROR_COMMITMENT_LIMIT = "the system's commit limit is reached: free memory or grow the page file",
+    PROCESS_CLOSED = "the process was closed with p:close(): open it again with rmem.open",
+    REGION_FREED = "a region is released exactly once; allocate a new one",
+  },
+}
+
+local function hex(n)
+  return ("0x%x"):format(n)
+end
+
+--- Creates an error object from its fields (op and message at least).
+function Error.new(fields)
+  if fields.hint == nil then
+    local by_op = hints[fields.op]
+    fields.hint = by_op and by_op[fields.name] or hints["*"][fields.name]
+  end
+  return setmetatable(fields, Error)
+end
+
+--- Creates the error for an OS failure: `msg` and `code` as rmem.core returns
+-- them ("op: text", number).
+function Error.from_os(op, msg, code, fields)
+  fields = fields or {}
+  fields.op = op
+  fields.code = code
+  fields.name = core.error_name(code) or ("error " .. code)
+  fields.message = msg:match("^[%w_]+: (.*)$") or msg
+  return Error.new(fields)
+end
+
+function Error.is_error(e)
+  return getmetatable(e) == Error
+end
+
+function Error:__tostring()
+  local args = {}
+  if self.pid then args[#args + 1] = "pid " .. self.pid end
+  if self.address then args[#args + 1] = hex(self.address) end
+  if self.size then args[#args + 1] = self.size .. " bytes" end
+  local what = self.code and ("%s (%d)"):format(self.name, self.code) or self.name
+  local s = ("rmem: %s(%s) failed: %s: %s"):format(self.op, table.concat(args, ", "),
+    what, self.message)
+  if self.hint then s = s .. " Hint: " .. self.hint .. "." end
+  return s
+end
+
+return Error

@@ -1,0 +1,39 @@
+--- rmem: work with the memory of another process from Lua.
+-- See README.md for the whole API; this file gathers the public names.
+local core = require "rmem.core"
+local Error = require "rmem.error"
+local protect = require "rmem.protect"
+local Process = require "rmem.process"
+
+local flags = {}
+for k, v in pairs(core.flags) do flags[k] = v end
+
+local rmem = {
+  _VERSION = "rmem 0.1.0",
+  platform = core.platform,         -- "windows" or "linux"
+  page_size = core.page_size,
+  granularity = core.granularity,   -- where allocations start (64 KiB on Windows)
+  flags = flags,                    -- MEM_*, PAGE_*, PROCESS_* numbers
+
+  open = Process.open,
+  self = Process.self,
+  processes = Process.processes,
+
+  Error = Error,
+  is_error = Error.is_error,
+
+  --- "rx" -> 0x20; a number is returned as it is.
+  protect_value = function(p) return protect.value(p, 1, "protect_value") end,
+  --- 0x20 -> "rx"; nil for 0.
+  protect_name = protect.name,
+}
+
+--- Enables SeDebugPrivilege in the host's token, explicitly: rmem never
+-- does it on its own.
+function rmem.enable_debug_privilege()
+  local ok, msg, code = core.enable_debug_privilege()
+  if not ok then error(Error.from_os("enable_debug_privilege", msg, code), 0) end
+  return true
+end
+
+return rmem

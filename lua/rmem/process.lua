@@ -1,0 +1,355 @@
+--- rmem.Process: an open process and its memory operations.
+local core = require "rmem.core"
+local Error = require "rmem.error"
+local check = require "rmem.check"
+local protect = require "rmem.protect"
+local Region = require "rmem.region"
+
+local F = core.flags
+local Process = {}
+Process.__index = Process
+Process.__name = "rmem.Process"
+
+local ACCESS = {
+  read = F.PROCESS_VM_READ | F.PROCESS_QUERY_INFORMATION | F.SYNCHRONIZE,
+  write = F.PROCESS_VM_OPERATION | F.PROCESS_VM_READ | F.PROCESS_VM_WRITE
+    | F.PROCESS_QUERY_INFORMATION | F.SYNCHRONIZE,
+  all = F.PROCESS_ALL_ACCESS,
+}
+local STATES = { [F.MEM_COMMIT] = "commit", [F.MEM_RESERVE] = "reserve", [F.MEM_FREE] = "free" }
+local TYPES = { [F.MEM_PRIVATE] = "private", [F.MEM_MAPPED] = "mapped", [F.MEM_IMAGE] = "image" }
+local page = core.page_size
+
+local function page_up(n)
+  return (n + page - 1) // page * page
+end
+
+local function hint_exited(p, e)
+  -- Any failure may really be the target having gone: say so when it has.
+  local h = p._h
+  if h and h:is_alive() == false then
+    e.hint = ("the process has exited (exit code %s)"):format(tostring(h:exit_code()))
+  end
+  return e
+end
+
+--- Raises the rmem.Error for an OS failure of `op` on process p.
+local function fail(p, op, msg, code, address, size, extra)
+  local fields = extra or {}
+  fields.pid, fields.address, fields.size = p.pid, address, size
+  error(hint_exited(p, Error.from_os(op, msg, code, fields)), 0)
+end
+
+--- The core handle, or the closed-process error.
+local function handle(p, op, address)
+  local h = p._h
+  if h == nil then
+    error(Error.new { op = op, name = "PROCESS_CLOSED", pid = p.pid, address = address,
+      message = "the process handle is closed." }, 0)
+  end
+  return h
+end
+
+local function wrap(h)
+  return setmetatable({
+    pid = h:pid(), name = h:name(), bits = h:bits(),
+    _h = h,
+    _regions = setmetatable({}, { __mode = "v" }), -- live Region objects by base address
+  }, Process)
+end
+
+local function find_by_name(name)
+  local pids, wanted = {}, name:lower()
+  for _, info in ipairs(Process.processes()) do
+    if info.name:lower() == wanted then pids[#pids + 1] = info.pid end
+  end
+  if #pids == 0 then
+    error(Error.new { op = "open", name = "PROCESS_NOT_FOUND",
+      message = ("no running process is named '%s'."):format(name) }, 0)
+  elseif #pids > 1 then
+    error(Error.new { op = "open", name = "AMBIGUOUS_NAME",
+      message = ("%d processes are named '%s' (pids %s)."):format(#pids, name,
+        table.concat(pids, ", ")) }, 0)
+  end
+  return pids[1]
+end
+
+--- Opens a process by pid or by executable name (case-insensitive).
+-- opts.access: "read", "write" (default) or "all", or a PROCESS_* mask.
+function Process.open(target, opts)
+  opts = check.options(opts, 2, "open", { access = true })
+  local pid
+  if type(target) == "string" then
+    pid = find_by_name(target)
+  else
+    pid = check.integer(target, 1, "open", "pid")
+    if pid < 0 or pid > 0xFFFFFFFF then check.argerror(1, "open", "pid out of range") end
+  end
+  local access = opts.access or "write"
+  local mask = ACCESS[access]
+  if mask == nil then
+    if math.type(access) ~= "integer" then
+      check.argerror(2, "open", ("access must be \"read\", \"write\", \"all\" or a "
+        .. "PROCESS_* mask, got %s"):format(tostring(access)))
+    end
+    mask = access
+  end
+  local h, msg, code = core.open(pid, mask)
+  if not h then error(Error.from_os("open", msg, code, { pid = pid }), 0) end
+  return wrap(h)
+end
+
+--- The current process.
+function Process.self()
+  return wrap(assert(core.self()))
+end
+
+--- The running processes: a list of { pid, name, parent_pid }.
+function Process.processes()
+  local list, msg, code = core.processes()
+  if not list then error(Error.from_os("processes", msg, code), 0) end
+  return list
+end
+
+function Process:close()
+  local h = self._h
+  if h then
+    self._h = nil
+    h:close()
+  end
+end
+Process.__close = Process.close
+
+function Process:is_closed()
+  return self._h == nil
+end
+
+function Process:is_alive()
+  local alive, msg, code = handle(self, "is_alive"):is_alive()
+  if alive == nil then fail(self, "is_alive", msg, code) end
+  return alive
+end
+
+function Process:exit_code()
+  local h = handle(self, "exit_code")
+  local ec, msg, code = h:exit_code()
+  if ec == nil and msg then fail(self, "exit_code", msg, code) end
+  return ec
+end
+
+function Process:__tostring()
+  return ("rmem.Process(pid %d, %s, %d-bit%s)"):format(self.pid, self.name, self.bits,
+    self._h and "" or ", closed")
+end
+
+-- A new region at base replaces any older Region object there: the OS gave
+-- out this base again, so that older allocation is gone.
+local function register(p, base, size)
+  local old = p._regions[base]
+  if old then old:_mark_freed() end
+  local r = Region.new(p, base, size)
+  p._regions[base] = r
+  return r
+end
+
+local ALLOC_OPTS = { protect = true, commit = true, address = true, top_down = true,
+  large_pages = true, write_watch = true }
+
+--- Allocates memory in the process and returns a Region.
+-- opts: protect ("rw"), commit (true; false reserves only), address,
+-- top_down, large_pages, write_watch.
+function Process:alloc(size, opts)
+  local h = handle(self, "alloc")
+  opts = check.options(opts, 2, "alloc", ALLOC_OPTS)
+  local want = opts.address and check.address(opts.address, 2, "alloc") or 0
+  local _, n = check.range(want, size, 0, "alloc")
+  local prot = protect.value(opts.protect or "rw", 2, "alloc")
+  local type = F.MEM_RESERVE
+  if opts.commit ~= false then type = type | F.MEM_COMMIT end
+  if opts.top_down then type = type | F.MEM_TOP_DOWN end
+  if opts.large_pages then type = type | F.MEM_LARGE_PAGES end
+  if opts.write_watch then type = type | F.MEM_WRITE_WATCH end
+  local base, msg, code = h:alloc(opts.address and want or nil, n, type, prot)
+  if not base then fail(self, "alloc", msg, code, opts.address and want or nil, n) end
+  -- the OS rounds the start down to the granularity and the end up to a page
+  return register(self, base, page_up((opts.address and want or base) + n) - base)
+end
+
+--- Commits pages inside a reservation; returns the first page's address.
+function Process:commit(address, size, prot)
+  local h = handle(self, "commit", address)
+  local a, n = check.range(address, size, 1, "commit")
+  local pv = protect.value(prot or "rw", 3, "commit")
+  local base, msg, code = h:alloc(a, n, F.MEM_COMMIT, pv)
+  if not base then fail(self, "commit", msg, code, a, n) end
+  return base
+end
+
+--- Decommits every page holding a byte of [address, address + size); the
+-- pages stay reserved. An allocation base with size 0 decommits it all.
+function Process:decommit(address, size)
+  local h = handle(self, "decommit", address)
+  local a, n = check.range(address, size, 1, "decommit")
+  local ok, msg, code = h:decommit(a, n)
+  if not ok then fail(self, "decommit", msg, code, a, n) end
+end
+
+--- Releases the whole allocation whose base is `address`.
+function Process:free(address)
+  local h = handle(self, "free", address)
+  local a = check.address(address, 1, "free")
+  local ok, msg, code = h:free(a, 0, F.MEM_RELEASE)
+  if not ok then fail(self, "free", msg, code, a) end
+  local r = self._regions[a]
+  if r then r:_mark_freed() end
+end
+
+--- Tells the OS the contents of the pages are no longer needed.
+function Process:reset(address, size)
+  local h = handle(self, "reset", address)
+  local a, n = check.range(address, size, 1, "reset")
+  local base, msg, code = h:alloc(a, n, F.MEM_RESET, F.PAGE_NOACCESS)
+  if not base then fail(self, "reset", msg, code, a, n) end
+end
+
+--- Changes the protection of committed pages; returns the old one (string).
+function Process:protect(address, size, prot)
+  local h = handle(self, "protect", address)
+  local a, n = check.range(address, size, 1, "protect")
+  local pv = protect.value(prot, 3, "protect")
+  local old, msg, code = h:protect(a, n, pv)
+  if not old then fail(self, "protect", msg, code, a, n) end
+  return protect.name(old)
+end
+
+local function info_of(raw)
+  return {
+    base = raw.base, size = raw.size,
+    allocation_base = raw.allocation_base,
+    allocation_protect = protect.name(raw.allocation_protect),
+    state = STATES[raw.state] or raw.state,
+    protect = protect.name(raw.protect),
+    type = TYPES[raw.type],
+  }
+end
+
+--- The region of pages that share state, protection and type with the page
+-- holding `address`.
+function Process:query(address)
+  local h = handle(self, "query", address)
+  local a = check.address(address, 1, "query")
+  local raw, msg, code = h:query(a)
+  if not raw then fail(self, "query", msg, code, a) end
+  return info_of(raw)
+end
+
+local function set_of(v, n, what, values)
+  if v == nil then return nil end
+  local set = {}
+  for _, s in ipairs(type(v) == "table" and v or { v }) do
+    if values and not values[s] then
+      check.argerror(n, "regions", ("unknown %s '%s'"):format(what, tostring(s)))
+    end
+    set[s] = true
+  end
+  return set
+end
+
+--- Iterates over every region from address 0 to the top of user space,
+-- free ones included, ascending. opts.state and opts.protect filter (a
+-- string or a list of strings).
+function Process:regions(opts)
+  handle(self, "regions")
+  opts = check.options(opts, 1, "regions", { state = true, protect = true })
+  local states = set_of(opts.state, 1, "state", { commit = true, reserve = true, free = true })
+  local prots = opts.protect and {}
+  for s in pairs(set_of(opts.protect, 1, "protect") or {}) do
+    prots[protect.name(protect.value(s, 1, "regions"))] = true
+  end
+  local address, done = 0, false
+  return function()
+    while not done do
+      local h = handle(self, "regions", address)
+      local raw, msg, code = h:query(address)
+      if not raw then
+        -- past the top of user space the query fails: the walk is over
+        if address >= core.user_end then done = true return nil end
+        fail(self, "regions", msg, code, address)
+      end
+      local info = info_of(raw)
+      local nxt = raw.base + raw.size
+      if nxt <= address or nxt >= core.user_end then done = true else address = nxt end
+      if (not states or states[info.state]) and (not prots or prots[info.protect or "none"]) then
+        return info
+      end
+    end
+  end
+end
+
+--- Reads n bytes; a partial read raises an error that says how many bytes
+-- were read (e.bytes_done).
+function Process:read(address, n)
+  local h = handle(self, "read", address)
+  local a, size = check.range(address, n, 1, "read")
+  local s, msg, code, done = h:read(a, size)
+  if not s then
+    fail(self, "read", msg, code, a, size, { bytes_done = done })
+  end
+  return s
+end
+
+local function write_raw(p, h, a, bytes)
+  local n, msg, code, done = h:write(a, bytes)
+  if not n then
+    fail(p, "write", msg, code, a, #bytes, { bytes_done = done })
+  end
+end
+
+--- Makes every committed, non-writable page of [a, a + n) writable and
+-- returns the list of { address, size, old protection } to restore.
+local function unprotect(p, h, a, n)
+  local changed, stop = {}, a + n
+  while a < stop do
+    local raw, msg, code = h:query(a)
+    if not raw then fail(p, "write", msg, code, a, n) end
+    local piece = math.min(raw.base + raw.size, stop) - a
+    local wp = raw.state == F.MEM_COMMIT and protect.for_write(raw.protect)
+    if wp then
+      local old
+      old, msg, code = h:protect(a, piece, wp)
+      if not old then fail(p, "write", msg, code, a, piece) end
+      changed[#changed + 1] = { a, piece, old }
+    end
+    a = a + piece
+  end
+  return changed
+end
+
+--- Writes bytes at address; returns the number of bytes written.
+-- opts.force makes read-only and executable pages writable for the write
+-- and restores their protection afterwards, also if the write fails.
+function Process:write(address, bytes, opts)
+  local h = handle(self, "write", address)
+  local a = check.address(address, 1, "write")
+  if type(bytes) ~= "string" then
+    check.argerror(2, "write", "bytes must be a string, got " .. type(bytes))
+  end
+  check.range(a, #bytes, 1, "write")
+  opts = check.options(opts, 3, "write", { force = true })
+  if #bytes == 0 then return 0 end
+  if not opts.force then
+    write_raw(self, h, a, bytes)
+    return #bytes
+  end
+  local changed = unprotect(self, h, a, #bytes)
+  local ok, err = pcall(write_raw, self, h, a, bytes)
+  for i = #changed, 1, -1 do
+    local c = changed[i]
+    local old, msg, code = h:protect(c[1], c[2], c[3])
+    if not old and ok then fail(self, "write", msg, code, c[1], c[2]) end
+  end
+  if not ok then error(err, 0) end
+  return #bytes
+end
+
+return Process
