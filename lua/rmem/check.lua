@@ -59,9 +59,10 @@ function check.size(v, n, fname)
   return nonneg(v, n, fname, "size")
 end
 
---- A range [address, address + size): both valid and not wrapping.
-function check.range(address, size, n, fname)
-  local a = check.address(address, n, fname)
+--- A range [address, address + size): both valid and not wrapping. `what`
+-- names the first argument ("address" unless told).
+function check.range(address, size, n, fname, what)
+  local a = nonneg(address, n, fname, what or "address")
   local s = check.size(size, n + 1, fname)
   if s > maxinteger - a then
     check.argerror(n + 1, fname, "range wraps past the end of the address space")

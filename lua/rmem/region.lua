@@ -36,7 +36,7 @@ end
 --- The absolute address of [offset, offset + size) inside r.
 local function span(r, op, offset, size, n)
   local base = live(r, op)
-  local o, s = check.range(offset, size, n, op)
+  local o, s = check.range(offset, size, n, op, "offset")
   if o + s > r.size then
     check.argerror(n + 1, op, ("range +0x%x..+0x%x is outside the region (size 0x%x)")
       :format(o, o + s, r.size))
