@@ -1,0 +1,122 @@
+-- rmem.Error: fields, hints and the one-line text; protection strings.
+local rmem = require "rmem"
+local core = require "rmem.core"
+local helpers = require "spec.helpers"
+
+local PAGE = rmem.page_size
+
+describe("rmem.Error", function()
+  local p, t
+
+  before_each(function() p, t = helpers.open_target() end)
+  after_each(function() p:close() t:stop() end)
+
+  it("has every field for an OS failure", function()
+    local r <close> = p:alloc(2 * PAGE)
+    local e = helpers.error_of(p.free, p, r.address + PAGE)
+    assert.is_true(rmem.is_error(e))
+    assert.equal(rmem.Error, getmetatable(e))
+    assert.equal("free", e.op)
+    assert.equal(487, e.code)
+    assert.equal("ERROR_INVALID_ADDRESS", e.name)
+    assert.equal(core.error_message(487), e.message)
+    assert.equal(t.pid, e.pid)
+    assert.equal(r.address + PAGE, e.address)
+    assert.is_nil(e.size)
+    assert.equal("free needs the base address that alloc returned "
+      .. "(MEM_RELEASE releases whole allocations only)", e.hint)
+  end)
+
+  it("reads as one line: free of a non-base address", function()
+    local r <close> = p:alloc(2 * PAGE)
+    local e = helpers.error_of(p.free, p, r.address + PAGE)
+    assert.equal(("rmem: free(pid %d, 0x%x) failed: ERROR_INVALID_ADDRESS (487): %s "
+      .. "Hint: free needs the base address that alloc returned (MEM_RELEASE releases "
+      .. "whole allocations only)."):format(t.pid, r.address + PAGE, core.error_message(487)),
+      tostring(e))
+    assert.is_nil(tostring(e):find("\n"))
+  end)
+
+  it("reads as one line: protect of reserved pages", function()
+    local r <close> = p:alloc(PAGE, { commit = false })
+    local e = helpers.error_of(p.protect, p, r.address, PAGE, "r")
+    assert.equal(("rmem: protect(pid %d, 0x%x, 4096 bytes) failed: ERROR_INVALID_ADDRESS (487): "
+      .. "%s Hint: protect needs committed pages inside one allocation: commit them first "
+      .. "(reserved and free pages have no protection)."):format(t.pid, r.address,
+        core.error_message(487)), tostring(e))
+  end)
+
+  it("reads as one line: a zero-size alloc", function()
+    local e = helpers.error_of(p.alloc, p, 0)
+    assert.equal(("rmem: alloc(pid %d, 0 bytes) failed: ERROR_INVALID_PARAMETER (87): %s "
+      .. "Hint: the size must be positive, and the protection valid for the allocation "
+      .. "type (large pages need commit and a size that is a multiple of the large-page "
+      .. "size)."):format(t.pid, core.error_message(87)), tostring(e))
+  end)
+
+  it("reads as one line: a freed region", function()
+    local r = p:alloc(PAGE)
+    r:free()
+    local e = helpers.error_of(r.write, r, 0, "x")
+    assert.equal(("rmem: write(pid %d, 0x%x) failed: REGION_FREED: the region was already "
+      .. "freed. Hint: a region is released exactly once; allocate a new one."):format(
+        t.pid, r.address), tostring(e))
+    assert.is_nil(e.code)
+  end)
+
+  it("reads as one line: a pid that does not exist", function()
+    local e = helpers.error_of(rmem.open, 0x7FFFFFF0)
+    assert.equal(("rmem: open(pid %d) failed: ERROR_INVALID_PARAMETER (87): %s Hint: no "
+      .. "process has this pid (it may have exited): rmem.processes() lists the running "
+      .. "ones."):format(0x7FFFFFF0, core.error_message(87)), tostring(e))
+  end)
+
+  it("is_error tells rmem errors from others", function()
+    assert.is_false(rmem.is_error("bad argument"))
+    assert.is_false(rmem.is_error({}))
+    assert.is_false(rmem.is_error(nil))
+    assert.is_true(rmem.is_error(helpers.error_of(rmem.open, 0x7FFFFFF0)))
+  end)
+
+  it("names unknown codes by number", function()
+    local e = rmem.Error.from_os("read", "read: odd", 123456)
+    assert.equal("error 123456", e.name)
+    assert.equal("odd", e.message)
+    assert.is_nil(e.hint)
+    assert.equal("rmem: read() failed: error 123456 (123456): odd", tostring(e))
+  end)
+end)
+
+describe("protection strings", function()
+  local all = {
+    none = 0x01, r = 0x02, rw = 0x04, wc = 0x08, x = 0x10, rx = 0x20, rwx = 0x40, xwc = 0x80,
+    ["rw+guard"] = 0x104, ["r+nocache"] = 0x202, ["rwx+writecombine"] = 0x440,
+    ["rw+guard+nocache"] = 0x304,
+  }
+
+  it("convert both ways", function()
+    for s, v in pairs(all) do
+      assert.equal(v, rmem.protect_value(s))
+      assert.equal(s, rmem.protect_name(v))
+    end
+    assert.equal(0x20, rmem.protect_value(0x20))
+    assert.is_nil(rmem.protect_name(0))
+    assert.equal("0x40000020", rmem.protect_name(0x40000020))
+  end)
+
+  it("match the flag constants", function()
+    local F = rmem.flags
+    assert.equal(F.PAGE_EXECUTE_READWRITE, rmem.protect_value("rwx"))
+    assert.equal(F.PAGE_READONLY | F.PAGE_GUARD, rmem.protect_value("r+guard"))
+  end)
+
+  it("reject unknown strings", function()
+    for _, bad in ipairs { "", "rwz", "RW", "rw+", "rw+guardx", "+guard", "rw guard", "rw+Guard" } do
+      assert.has_error(function() rmem.protect_value(bad) end,
+        ("bad argument #1 to 'protect_value' (unknown protection '%s' (expected none, r, rw, "
+          .. "wc, x, rx, rwx or xwc, optionally with +guard, +nocache or +writecombine))"):format(bad))
+    end
+    assert.has_error(function() rmem.protect_value(true) end,
+      "bad argument #1 to 'protect_value' (protection must be a string or a PAGE_* number, got boolean)")
+  end)
+end)
