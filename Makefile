@@ -21,7 +21,7 @@ demo:
 
 test:
 	@scripts/bootstrap
-	@scripts/busted-windows spec; rc=$$?; scripts/wine-stop; exit $$rc
+	@scripts/run-specs windows scripts/busted-windows spec; rc=$$?; scripts/wine-stop; exit $$rc
 
 windows: $(WIN)/lib/rmem/core.dll $(WIN)/lib/testproc.dll $(WIN)/bin/rmem-target.exe
 
