@@ -17,7 +17,7 @@ all: windows
 
 demo:
 	@scripts/bootstrap
-	@scripts/lua-windows examples/demo.lua
+	@scripts/lua-windows examples/demo.lua $(WIN)/bin/rmem-target.exe
 
 test:
 	@scripts/bootstrap

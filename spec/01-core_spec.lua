@@ -222,7 +222,7 @@ describe("rmem.core", function()
         if info.pid == t.pid then found = info end
       end
       assert.is_table(found)
-      assert.equal("rmem-target.exe", found.name)
+      assert.equal(helpers.target_name, found.name)
       assert.is_number(found.parent_pid)
     end)
   end)

@@ -12,9 +12,9 @@ describe("rmem processes", function()
     it("opens by pid and fills pid, name and bits", function()
       local p <close> = rmem.open(t.pid)
       assert.equal(t.pid, p.pid)
-      assert.equal("rmem-target.exe", p.name)
+      assert.equal(helpers.target_name, p.name)
       assert.equal(64, p.bits)
-      assert.equal(("rmem.Process(pid %d, rmem-target.exe, 64-bit)"):format(t.pid), tostring(p))
+      assert.equal(("rmem.Process(pid %d, %s, 64-bit)"):format(t.pid, helpers.target_name), tostring(p))
     end)
 
     it("opens by name, case-insensitively", function()
@@ -22,20 +22,20 @@ describe("rmem processes", function()
       local p <close> = rmem.open(t.pid)
       local list = {}
       for _, info in ipairs(rmem.processes()) do
-        if info.name:lower() == "rmem-target.exe" then list[#list + 1] = info.pid end
+        if info.name:lower() == helpers.target_name then list[#list + 1] = info.pid end
       end
       if #list == 1 then
-        local q <close> = rmem.open("RMEM-Target.EXE")
+        local q <close> = rmem.open(helpers.target_name:upper())
         assert.equal(t.pid, q.pid)
       else
-        local e = helpers.error_of(rmem.open, "RMEM-Target.EXE")
+        local e = helpers.error_of(rmem.open, helpers.target_name:upper())
         assert.equal("AMBIGUOUS_NAME", e.name)
       end
     end)
 
     it("raises AMBIGUOUS_NAME when several processes match", function()
       local t2 = helpers.start_target()
-      local e = helpers.error_of(rmem.open, "rmem-target.exe")
+      local e = helpers.error_of(rmem.open, helpers.target_name)
       t2:stop()
       assert.is_true(rmem.is_error(e))
       assert.equal("open", e.op)
@@ -147,7 +147,7 @@ describe("rmem processes", function()
       local r <close> = me:alloc(4096)
       r:write(0, "mine")
       assert.equal("mine", r:read(0, 4))
-      assert.equal("lua.exe", me.name)
+      assert.equal(helpers.host_name, me.name)
     end)
 
     it("processes lists pid, name and parent_pid", function()
@@ -157,12 +157,12 @@ describe("rmem processes", function()
         if info.pid == t.pid then target = info end
         if info.pid == me.pid then host = info end
       end
-      assert.equal("rmem-target.exe", target.name)
+      assert.equal(helpers.target_name, target.name)
       assert.equal(me.pid, target.parent_pid)
-      assert.equal("lua.exe", host.name)
+      assert.equal(helpers.host_name, host.name)
     end)
 
-    it("has the platform facts", function()
+    helpers.win_it("has the Windows platform facts", function()
       assert.equal("windows", rmem.platform)
       assert.equal(4096, rmem.page_size)
       assert.equal(65536, rmem.granularity)

@@ -17,6 +17,10 @@ helpers.root = here:match("^(.*)[/\\]spec[/\\]helpers%.lua$") or "."
 
 local testproc = require "testproc"
 
+--- The executable names the specs see: the target's and the host's.
+helpers.target_name = "rmem-target.exe"
+helpers.host_name = "lua.exe"
+
 --- Wine's version when the tests run under Wine, else nil: a few Win32
 -- behaviours differ there, and the specs that meet them say so.
 helpers.wine = testproc.wine_version()
@@ -45,12 +49,15 @@ function helpers.open_target(opts)
 end
 
 --- it() for one platform; elsewhere the case is pending, with the reason.
+-- busted's it/pending live in the spec files' environment, not in _G;
+-- require("busted") gives them to a module.
 local function platform_it(platform)
   return function(name, fn)
+    local busted = require "busted"
     if rmem.platform == platform then
-      return it(name, fn)
+      return busted.it(name, fn)
     end
-    return pending(name .. " (" .. platform .. " only)")
+    return busted.pending(name .. " (" .. platform .. " only)")
   end
 end
 helpers.win_it = platform_it("windows")

@@ -1,0 +1,48 @@
+-- The examples run and do what they print.
+local helpers = require "spec.helpers"
+
+--- Runs an example with the given arguments; returns what it printed.
+local function run_example(name, ...)
+  local out = {}
+  local env = setmetatable({
+    arg = { [0] = name, ... },
+    print = function(...)
+      local parts = table.pack(...)
+      for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+      out[#out + 1] = table.concat(parts, "\t")
+    end,
+  }, { __index = _G })
+  local chunk = assert(loadfile(helpers.root .. "/examples/" .. name, "t", env))
+  chunk()
+  return table.concat(out, "\n")
+end
+
+describe("examples", function()
+  helpers.win_it("demo.lua walks one allocation's life in a target it starts", function()
+    local exe = helpers.root .. "/build/windows/bin/rmem-target.exe"
+    local out = run_example("demo.lua", exe)
+    assert.matches("opened rmem.Process%(pid %d+, rmem%-target%.exe, 64%-bit%)", out)
+    assert.matches("page 0: commit  rw   | page 1: commit  rw   | page 2: commit  rw   | page 3: reserve", out, 1, true)
+    assert.matches('read back: "HELLO from rmem!"', out, 1, true)
+    assert.matches("page 0: commit  r    | page 1: reserve -    | page 2: reserve -    | page 3: reserve", out, 1, true)
+    assert.matches("ERROR_INVALID_ADDRESS (487)", out, 1, true)
+    assert.matches("state = free", out, 1, true)
+    local pid = tonumber(out:match("target exited %(pid (%d+)%)"))
+    local found = false
+    for _, info in ipairs(require("rmem").processes()) do
+      if info.pid == pid then found = true end
+    end
+    assert.is_false(found)
+  end)
+
+  it("reserve_on_demand.lua commits only the pages it uses", function()
+    local t = helpers.start_target()
+    local out = run_example("reserve_on_demand.lua", tostring(t.pid))
+    t:stop()
+    assert.matches("reserved 64 MiB", out, 1, true)
+    local used, total = out:match("committed (%d+) of (%d+) pages")
+    assert.equal(16384, tonumber(total))
+    assert.is_true(tonumber(used) > 250 and tonumber(used) <= 302)
+    assert.matches("slot 42 holds 15", out, 1, true)
+  end)
+end)
