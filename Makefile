@@ -21,6 +21,7 @@ demo:
 
 test:
 	@scripts/bootstrap
+	@$(MAKE) -s lint
 	@scripts/run-specs windows scripts/busted-windows spec; rc=$$?; scripts/wine-stop; exit $$rc
 
 windows: $(WIN)/lib/rmem/core.dll $(WIN)/lib/testproc.dll $(WIN)/bin/rmem-target.exe
@@ -39,7 +40,7 @@ $(WIN)/include/lua.h:
 	scripts/bootstrap
 
 lint:
-	luacheck lua spec examples
+	luacheck -q lua spec examples rmem-scm-1.rockspec .busted .luacheckrc
 
 clean:
 	rm -rf build/windows/lib/rmem build/windows/lib/testproc.dll build/windows/bin/rmem-target.exe

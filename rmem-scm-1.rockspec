@@ -1,0 +1,61 @@
+rockspec_format = "3.0"
+package = "rmem"
+version = "scm-1"
+
+source = {
+  url = "git+file://.",
+}
+
+description = {
+  summary = "Work with the memory of another process from Lua",
+  detailed = [[
+rmem lets Lua scripts allocate, commit, decommit, release, protect, query,
+read and write the memory of another process (VirtualAllocEx / VirtualFreeEx
+and friends on Windows), with region objects that release themselves exactly
+once and errors that say what went wrong and what to do.]],
+  license = "MIT",
+  labels = { "memory", "process", "windows", "modding" },
+}
+
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+
+supported_platforms = { "windows" }
+
+-- The whole modules table for one platform: LuaRocks merges platform
+-- overrides key by key, so a per-platform `sources` list would be replaced
+-- entry by entry rather than swapped.
+local function make_platform(plat)
+  local core = {
+    windows = {
+      sources = { "src/core.c", "src/backend_win.c" },
+      libraries = { "kernel32", "advapi32" },
+      incdirs = { "src" },
+    },
+  }
+  return {
+    modules = {
+      ["rmem"] = "lua/rmem/init.lua",
+      ["rmem.check"] = "lua/rmem/check.lua",
+      ["rmem.error"] = "lua/rmem/error.lua",
+      ["rmem.process"] = "lua/rmem/process.lua",
+      ["rmem.protect"] = "lua/rmem/protect.lua",
+      ["rmem.region"] = "lua/rmem/region.lua",
+      ["rmem.core"] = core[plat],
+    },
+  }
+end
+
+build = {
+  type = "builtin",
+  modules = make_platform("windows").modules,
+  platforms = {
+    windows = make_platform("windows"),
+  },
+  copy_directories = { "examples" },
+}
+
+test = {
+  type = "busted",
+}

@@ -1,0 +1,47 @@
+-- The rockspec builds what the tree holds: every Lua file of lua/rmem is a
+-- module, and the C module's sources exist.
+local lfs = require "lfs"
+local helpers = require "spec.helpers"
+
+local function load_rockspec()
+  local env = {}
+  local chunk = assert(loadfile(helpers.root .. "/rmem-scm-1.rockspec", "t", env))
+  chunk()
+  return env
+end
+
+describe("rmem-scm-1.rockspec", function()
+  local spec = load_rockspec()
+
+  it("is format 3.0 for Lua 5.4 with a builtin build", function()
+    assert.equal("3.0", spec.rockspec_format)
+    assert.same({ "lua >= 5.4, < 5.5" }, spec.dependencies)
+    assert.equal("builtin", spec.build.type)
+    assert.equal("busted", spec.test.type)
+  end)
+
+  it("lists every Lua file of lua/rmem as a module, and nothing else", function()
+    local files = {}
+    for name in lfs.dir(helpers.root .. "/lua/rmem") do
+      local mod = name:match("^(.-)%.lua$")
+      if mod then
+        files[mod == "init" and "rmem" or "rmem." .. mod] = "lua/rmem/" .. name
+      end
+    end
+    for _, plat in pairs(spec.build.platforms) do
+      local listed = {}
+      for mod, src in pairs(plat.modules) do
+        if type(src) == "string" then listed[mod] = src end
+      end
+      assert.same(files, listed)
+    end
+  end)
+
+  it("builds rmem.core from sources that exist", function()
+    local core = spec.build.platforms.windows.modules["rmem.core"]
+    assert.same(core, spec.build.modules["rmem.core"])
+    for _, src in ipairs(core.sources) do
+      assert.is_table(lfs.attributes(helpers.root .. "/" .. src), src)
+    end
+  end)
+end)
