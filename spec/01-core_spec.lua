@@ -70,25 +70,20 @@ describe("rmem.core", function()
       assert.is_true(h:free(a, 0, F.MEM_RELEASE))
     end)
 
-    it("returns nil, msg, 87 for free type 0", function()
-      local a = assert(h:alloc(nil, PAGE, RESERVE_COMMIT, F.PAGE_READWRITE))
-      local ok, msg, code = h:free(a, 0, 0)
-      assert.is_nil(ok)
-      assert.is_string(msg)
-      assert.equal(87, code)
-      assert.equal(F.MEM_COMMIT, state(a))
-      assert.is_true(h:free(a, 0, F.MEM_RELEASE))
-    end)
-
-    it("returns nil, msg, 87 for MEM_DECOMMIT | MEM_RELEASE", function()
-      local a = assert(h:alloc(nil, PAGE, RESERVE_COMMIT, F.PAGE_READWRITE))
-      local ok, msg, code = h:free(a, 0, F.MEM_DECOMMIT | F.MEM_RELEASE)
-      assert.is_nil(ok)
-      assert.is_string(msg)
-      assert.equal(87, code)
-      assert.equal(F.MEM_COMMIT, state(a))
-      assert.is_true(h:free(a, 0, F.MEM_RELEASE))
-    end)
+    for _, case in ipairs {
+      { "free type 0", 0 },
+      { "MEM_DECOMMIT | MEM_RELEASE", F.MEM_DECOMMIT | F.MEM_RELEASE },
+    } do
+      it("returns nil, msg, 87 for " .. case[1], function()
+        local a = assert(h:alloc(nil, PAGE, RESERVE_COMMIT, F.PAGE_READWRITE))
+        local ok, msg, code = h:free(a, 0, case[2])
+        assert.is_nil(ok)
+        assert.matches("^free: ", msg)
+        assert.equal(87, code)
+        assert.equal(F.MEM_COMMIT, state(a)) -- nothing was released
+        assert.is_true(h:free(a, 0, F.MEM_RELEASE))
+      end)
+    end
 
     it("fails for an address inside the allocation", function()
       local a = assert(h:alloc(nil, 2 * PAGE, RESERVE_COMMIT, F.PAGE_READWRITE))

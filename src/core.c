@@ -163,28 +163,25 @@ static int h_alloc(lua_State *L) {
   return 1;
 }
 
-/* h:free(address, size, free_type) -> true */
-static int h_free(lua_State *L) {
-  rb_proc *p = check_proc(L);
+/* VirtualFreeEx with the arguments at 2 (address) and 3 (size) -> true */
+static int free_range(lua_State *L, const char *op, rb_proc *p, unsigned long type) {
   uintptr_t addr = check_address(L, 2);
   size_t size = check_size(L, 3, addr);
-  rb_err e = rb_free(p, addr, size, check_mask(L, 4));
+  rb_err e = rb_free(p, addr, size, type);
   if (e)
-    return os_fail(L, "free", e);
+    return os_fail(L, op, e);
   lua_pushboolean(L, 1);
   return 1;
 }
 
+/* h:free(address, size, free_type) -> true */
+static int h_free(lua_State *L) {
+  return free_range(L, "free", check_proc(L), check_mask(L, 4));
+}
+
 /* h:decommit(address, size) -> true */
 static int h_decommit(lua_State *L) {
-  rb_proc *p = check_proc(L);
-  uintptr_t addr = check_address(L, 2);
-  size_t size = check_size(L, 3, addr);
-  rb_err e = rb_free(p, addr, size, 0x4000UL /* MEM_DECOMMIT */);
-  if (e)
-    return os_fail(L, "decommit", e);
-  lua_pushboolean(L, 1);
-  return 1;
+  return free_range(L, "decommit", check_proc(L), 0x4000UL /* MEM_DECOMMIT */);
 }
 
 /* h:protect(address, size, protect) -> old protect */
