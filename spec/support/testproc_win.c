@@ -27,12 +27,33 @@ static int fail(lua_State *L, const char *what, DWORD code) {
   return luaL_error(L, "testproc: %s failed (error %d)", what, (int)code);
 }
 
+/* Standard handles on NUL: a target must never hold the test run's output
+ * pipe (under Wine it would keep the Unix pipe open and stall the run). */
 static BOOL spawn(WCHAR *cmd, PROCESS_INFORMATION *pi) {
   STARTUPINFOW si;
+  SECURITY_ATTRIBUTES sa;
+  HANDLE nul;
+  BOOL ok;
+  sa.nLength = sizeof sa;
+  sa.lpSecurityDescriptor = NULL;
+  sa.bInheritHandle = TRUE;
+  nul = CreateFileW(L"NUL", GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE,
+                    &sa, OPEN_EXISTING, 0, NULL);
+  if (nul == INVALID_HANDLE_VALUE)
+    return FALSE;
   ZeroMemory(&si, sizeof si);
   si.cb = sizeof si;
-  return CreateProcessW(NULL, cmd, NULL, NULL, FALSE, CREATE_SUSPENDED, NULL,
-                        NULL, &si, pi);
+  si.dwFlags = STARTF_USESTDHANDLES;
+  si.hStdInput = si.hStdOutput = si.hStdError = nul;
+  ok = CreateProcessW(NULL, cmd, NULL, NULL, TRUE, CREATE_SUSPENDED, NULL, NULL, &si, pi);
+  if (!ok) {
+    DWORD e = GetLastError();
+    CloseHandle(nul);
+    SetLastError(e);
+    return FALSE;
+  }
+  CloseHandle(nul);
+  return TRUE;
 }
 
 static int tp_start(lua_State *L) {

@@ -1,0 +1,49 @@
+-- The test helpers keep their promises: targets start idle, stop for good,
+-- and never outlive the host that started them.
+local rmem = require "rmem"
+local helpers = require "spec.helpers"
+
+local function running(pid)
+  for _, info in ipairs(rmem.processes()) do
+    if info.pid == pid then return true end
+  end
+  return false
+end
+
+describe("spec.helpers", function()
+  it("start_target returns a running target; stop() ends it and may be called twice", function()
+    local t = helpers.start_target()
+    assert.is_true(running(t.pid))
+    local p <close> = rmem.open(t.pid)
+    assert.is_true(p:is_alive())
+    t:stop()
+    assert.is_false(p:is_alive())
+    assert.is_false(running(t.pid))
+    t:stop()
+  end)
+
+  helpers.win_it("a target never outlives the host that started it, even one killed", function()
+    local dir = helpers.root .. "/build/windows"
+    local script, pidfile = dir .. "/orphan-host.lua", dir .. "/orphan.pid"
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      local helpers = require "spec.helpers"
+      local t = helpers.start_target()
+      local f = assert(io.open(%q, "w"))
+      f:write(t.pid)
+      f:close()
+      os.exit(3) -- no lua_close, no finalizers: as if the host were killed
+    ]]):format(pidfile))
+    f:close()
+    local lua = (dir .. "/bin/lua.exe"):gsub("/", "\\")
+    -- os.execute waits for the host only, not for what it leaves behind
+    os.execute(('""%s" "%s" >NUL 2>NUL"'):format(lua, script:gsub("/", "\\")))
+    f = assert(io.open(pidfile))
+    local pid = tonumber(f:read("a"))
+    f:close()
+    os.remove(pidfile)
+    os.remove(script)
+    assert.is_number(pid)
+    assert.is_false(running(pid))
+  end)
+end)
