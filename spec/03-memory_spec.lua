@@ -231,6 +231,14 @@ describe("rmem memory operations", function()
       for info in p:regions { state = { "reserve", "free" } } do
         assert.is_not.equal("commit", info.state)
       end
+      -- reserved and free regions have no protection, so never match one
+      local noaccess <close> = p:alloc(PAGE, { protect = "none" })
+      local bases = {}
+      for info in p:regions { protect = "none" } do
+        assert.equal("commit", info.state)
+        bases[info.base] = true
+      end
+      assert.is_true(bases[noaccess.address])
       assert.has_error(function() p:regions { state = "comitted" } end,
         "bad argument #1 to 'regions' (unknown state 'comitted')")
     end)
