@@ -279,7 +279,7 @@ function Process:regions(opts)
       local info = info_of(raw)
       local nxt = raw.base + raw.size
       if nxt <= address or nxt >= core.user_end then done = true else address = nxt end
-      -- reserved and free regions have no protection: a protect filter skips them
+      -- reserved regions have no protection: a protect filter skips them
       if (not states or states[info.state]) and (not prots or prots[info.protect]) then
         return info
       end
