@@ -19,11 +19,6 @@ local function user_level()
   end
 end
 
---- Raises msg (a string) at the user's line.
-function check.raise(msg)
-  error(msg, user_level())
-end
-
 function check.argerror(n, fname, msg)
   error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), user_level())
 end
