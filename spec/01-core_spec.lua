@@ -177,10 +177,13 @@ describe("rmem.core", function()
     end)
 
     it("is closed by <close> and by the collector without error", function()
+      local outer
       do
         local h2 <close> = assert(core.open(t.pid))
         assert.equal(t.pid, h2:pid())
+        outer = h2
       end
+      assert.equal("rmem.core.handle (closed)", tostring(outer))
       local weak = setmetatable({ assert(core.open(t.pid)) }, { __mode = "v" })
       collectgarbage()
       collectgarbage()

@@ -67,7 +67,7 @@ describe("rmem memory operations", function()
       assert.is_true(high.address > low.address)
     end)
 
-    it("reserves with write_watch", function()
+    it("accepts write_watch (MEM_WRITE_WATCH) and commits", function()
       local r <close> = p:alloc(PAGE, { write_watch = true })
       assert.equal("commit", r:query().state)
     end)

@@ -9,6 +9,11 @@ Error.__name = "rmem.Error"
 
 --- Hints: what usually causes an error and what to do, by op and by name
 -- ("*" for any op). The Linux names join these in the Linux backend.
+local FREE_NEEDS_BASE = "free needs the base address that alloc returned "
+  .. "(MEM_RELEASE releases whole allocations only)"
+local DECOMMIT_RANGE = "the range must lie inside one allocation; decommit(base, 0) "
+  .. "decommits a whole allocation"
+
 local hints = {
   open = {
     ERROR_ACCESS_DENIED = "the process runs as another user or at a higher integrity level: "
@@ -35,17 +40,12 @@ local hints = {
     ERROR_INVALID_ADDRESS = "reset needs committed pages: p:query(addr) shows what is there",
   },
   free = {
-    ERROR_INVALID_PARAMETER = "free needs the base address that alloc returned "
-      .. "(MEM_RELEASE releases whole allocations only, with size 0)",
-    ERROR_INVALID_ADDRESS = "free needs the base address that alloc returned "
-      .. "(MEM_RELEASE releases whole allocations only)",
-    REGION_FREED = "a region is released exactly once; allocate a new one",
+    ERROR_INVALID_PARAMETER = FREE_NEEDS_BASE,
+    ERROR_INVALID_ADDRESS = FREE_NEEDS_BASE,
   },
   decommit = {
-    ERROR_INVALID_PARAMETER = "the range must lie inside one allocation; decommit(base, 0) "
-      .. "decommits a whole allocation",
-    ERROR_INVALID_ADDRESS = "the range must lie inside one allocation; decommit(base, 0) "
-      .. "decommits a whole allocation",
+    ERROR_INVALID_PARAMETER = DECOMMIT_RANGE,
+    ERROR_INVALID_ADDRESS = DECOMMIT_RANGE,
   },
   protect = {
     ERROR_INVALID_ADDRESS = "protect needs committed pages inside one allocation: "

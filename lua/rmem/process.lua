@@ -161,18 +161,18 @@ local ALLOC_OPTS = { protect = true, commit = true, address = true, top_down = t
 function Process:alloc(size, opts)
   local h = handle(self, "alloc")
   opts = check.options(opts, 2, "alloc", ALLOC_OPTS)
-  local want = opts.address and check.address(opts.address, 2, "alloc") or 0
-  local _, n = check.range(want, size, 0, "alloc")
+  local want = opts.address and check.address(opts.address, 2, "alloc") -- nil: the OS chooses
+  local _, n = check.range(want or 0, size, 0, "alloc")
   local prot = protect.value(opts.protect or "rw", 2, "alloc")
   local type = F.MEM_RESERVE
   if opts.commit ~= false then type = type | F.MEM_COMMIT end
   if opts.top_down then type = type | F.MEM_TOP_DOWN end
   if opts.large_pages then type = type | F.MEM_LARGE_PAGES end
   if opts.write_watch then type = type | F.MEM_WRITE_WATCH end
-  local base, msg, code = h:alloc(opts.address and want or nil, n, type, prot)
-  if not base then fail(self, "alloc", msg, code, opts.address and want or nil, n) end
+  local base, msg, code = h:alloc(want, n, type, prot)
+  if not base then fail(self, "alloc", msg, code, want, n) end
   -- the OS rounds the start down to the granularity and the end up to a page
-  return register(self, base, page_up((opts.address and want or base) + n) - base)
+  return register(self, base, page_up((want or base) + n) - base)
 end
 
 --- Commits pages inside a reservation; returns the first page's address.
