@@ -52,8 +52,9 @@ unsigned long rb_pid(const rb_proc *p);
 int rb_bits(const rb_proc *p);
 /* The executable's base name, UTF-8, into buf (empty if unknown). */
 void rb_name(const rb_proc *p, char *buf, size_t n);
-/* *alive is 1 while the process runs; *code is its exit code once it ended. */
-rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code);
+/* *alive is 1 while the process runs; once it ended, *known says whether
+ * its exit code *code is known (Linux knows it for the host's children). */
+rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code, int *known);
 
 rb_err rb_alloc(rb_proc *p, uintptr_t addr, size_t size, unsigned long type,
                 unsigned long protect, uintptr_t *out);

@@ -118,13 +118,14 @@ void rb_name(const rb_proc *p, char *buf, size_t n) {
     to_utf8(base_name(path), buf, n);
 }
 
-rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code) {
+rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code, int *known) {
   DWORD c;
   if (!GetExitCodeProcess(p->h, &c))
     return last_error();
   /* STILL_ACTIVE (259) is also a possible exit code: ask the handle. */
   *alive = c == STILL_ACTIVE && WaitForSingleObject(p->h, 0) != WAIT_OBJECT_0;
   *code = c;
+  *known = 1;
   return 0;
 }
 

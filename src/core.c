@@ -127,22 +127,24 @@ static int h_name(lua_State *L) {
 }
 
 static int h_is_alive(lua_State *L) {
-  int alive;
+  int alive, known;
   unsigned long code;
-  rb_err e = rb_status(check_proc(L), &alive, &code);
+  rb_err e = rb_status(check_proc(L), &alive, &code, &known);
   if (e)
     return os_fail(L, "is_alive", e);
   lua_pushboolean(L, alive);
   return 1;
 }
 
+/* h:exit_code() -> the code, or nil while the process runs (or where the
+ * OS cannot tell it) */
 static int h_exit_code(lua_State *L) {
-  int alive;
+  int alive, known;
   unsigned long code;
-  rb_err e = rb_status(check_proc(L), &alive, &code);
+  rb_err e = rb_status(check_proc(L), &alive, &code, &known);
   if (e)
     return os_fail(L, "exit_code", e);
-  if (alive)
+  if (alive || !known)
     lua_pushnil(L);
   else
     lua_pushinteger(L, (lua_Integer)code);

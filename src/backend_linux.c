@@ -1,0 +1,776 @@
+/*
+ * The Linux backend (x86_64 host; 64- and 32-bit targets) behind backend.h.
+ *
+ * Reading, writing and querying never stop the target (process_vm_readv /
+ * process_vm_writev, /proc/PID/maps). Reserve, commit, decommit, protect and
+ * release run mmap/mprotect/munmap inside the target: a helper process
+ * forked for the request attaches to one thread with ptrace, runs the batch
+ * of system calls, restores everything and detaches (inject_linux.c). rmem
+ * keeps a table of the allocations it made, because Linux merges mappings
+ * and forgets allocation bases and the reserved/committed distinction.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "inject_linux.h"
+
+/* The Win32 numbers rmem speaks (backend.h). */
+enum {
+  MEM_COMMIT = 0x1000, MEM_RESERVE = 0x2000, MEM_DECOMMIT = 0x4000,
+  MEM_RELEASE = 0x8000, MEM_FREE = 0x10000, MEM_PRIVATE = 0x20000,
+  MEM_MAPPED = 0x40000, MEM_RESET = 0x80000, MEM_IMAGE = 0x1000000,
+  PAGE_NOACCESS = 0x01, PAGE_READONLY = 0x02, PAGE_READWRITE = 0x04,
+  PAGE_WRITECOPY = 0x08, PAGE_EXECUTE = 0x10, PAGE_EXECUTE_READ = 0x20,
+  PAGE_EXECUTE_READWRITE = 0x40, PAGE_EXECUTE_WRITECOPY = 0x80,
+  PROCESS_VM_OPERATION = 0x0008, PROCESS_VM_WRITE = 0x0020
+};
+
+/* One allocation rmem made: its pages' states (1 = committed). */
+typedef struct alloc {
+  uintptr_t base;
+  size_t size;
+  unsigned long protect; /* the protection it was allocated with */
+  unsigned char *committed;
+} alloc;
+
+struct rb_proc {
+  pid_t pid;
+  int pidfd;        /* -1 where the kernel has no pidfd_open */
+  int is_self;
+  int bits;
+  unsigned long access;
+  unsigned long long start_time; /* a reused pid is never the same process */
+  alloc *allocs;
+  size_t nallocs, cap;
+};
+
+const char rb_platform[] = "linux";
+
+size_t rb_page_size(void) { return (size_t)sysconf(_SC_PAGESIZE); }
+size_t rb_granularity(void) { return rb_page_size(); }
+uintptr_t rb_user_end(void) { return (uintptr_t)0x7ffffffff000ULL; }
+
+/* ---- /proc helpers ------------------------------------------------------- */
+
+/* Reads a small /proc file into buf (NUL-terminated); returns 0 or errno. */
+static rb_err read_proc(pid_t pid, const char *what, char *buf, size_t n) {
+  char path[64];
+  ssize_t got;
+  int fd;
+  snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, what);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return errno == ENOENT ? ESRCH : (rb_err)errno;
+  got = read(fd, buf, n - 1);
+  if (got < 0) {
+    rb_err e = (rb_err)errno;
+    close(fd);
+    return e;
+  }
+  close(fd);
+  buf[got] = '\0';
+  return 0;
+}
+
+/* The fields of /proc/PID/stat after the command name: state is field 3. */
+static const char *stat_fields(const char *stat) {
+  const char *p = strrchr(stat, ')');
+  return p ? p + 2 : stat;
+}
+
+static rb_err stat_info(pid_t pid, char *state, unsigned long *ppid,
+                        unsigned long long *start) {
+  char buf[1024];
+  const char *f;
+  int i;
+  rb_err e = read_proc(pid, "stat", buf, sizeof buf);
+  if (e)
+    return e;
+  f = stat_fields(buf);
+  if (state)
+    *state = f[0];
+  if (ppid)
+    *ppid = strtoul(f + 2, NULL, 10);
+  if (start) { /* field 22 = the 20th after the state */
+    for (i = 0; i < 19 && f; i++) {
+      f = strchr(f, ' ');
+      if (f)
+        f++;
+    }
+    *start = f ? strtoull(f, NULL, 10) : 0;
+  }
+  return 0;
+}
+
+/* ESRCH if the process is gone or its pid now belongs to another one. */
+static rb_err check_same(const rb_proc *p) {
+  unsigned long long start;
+  char state;
+  if (p->is_self)
+    return 0;
+  if (stat_info(p->pid, &state, NULL, &start) || start != p->start_time ||
+      state == 'Z' || state == 'X')
+    return ESRCH;
+  return 0;
+}
+
+static void exe_name(pid_t pid, char *buf, size_t n) {
+  char path[64], target[PATH_MAX];
+  ssize_t len;
+  snprintf(path, sizeof path, "/proc/%d/exe", (int)pid);
+  len = readlink(path, target, sizeof target - 1);
+  if (len > 0) {
+    const char *base;
+    target[len] = '\0';
+    /* " (deleted)" is appended for a replaced executable */
+    if (len > 10 && strcmp(target + len - 10, " (deleted)") == 0)
+      target[len - 10] = '\0';
+    base = strrchr(target, '/');
+    snprintf(buf, n, "%s", base ? base + 1 : target);
+    return;
+  }
+  /* another user's process: comm (at most 15 characters) is what we get */
+  if (read_proc(pid, "comm", buf, n) == 0)
+    buf[strcspn(buf, "\n")] = '\0';
+  else if (n)
+    buf[0] = '\0';
+}
+
+static int elf_bits(pid_t pid) {
+  char path[64];
+  unsigned char ident[5];
+  int fd, bits = 64;
+  snprintf(path, sizeof path, "/proc/%d/exe", (int)pid);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    if (read(fd, ident, sizeof ident) == (ssize_t)sizeof ident &&
+        memcmp(ident, "\177ELF", 4) == 0 && ident[4] == 1)
+      bits = 32;
+    close(fd);
+  }
+  return bits;
+}
+
+/* ---- processes --------------------------------------------------------------- */
+
+static rb_err new_proc(pid_t pid, int is_self, unsigned long access, rb_proc **out) {
+  rb_proc *p = (rb_proc *)calloc(1, sizeof *p);
+  if (p == NULL)
+    return ENOMEM;
+  p->pid = pid;
+  p->is_self = is_self;
+  p->access = access;
+  p->pidfd = -1;
+  *out = p;
+  return 0;
+}
+
+rb_err rb_open(unsigned long pid, unsigned long access, rb_proc **out) {
+  rb_proc *p;
+  char path[64];
+  int fd;
+  rb_err e;
+  if (pid == 0 || pid > INT_MAX)
+    return ESRCH;
+  if ((e = new_proc((pid_t)pid, 0, access, &p)))
+    return e;
+  if ((e = stat_info(p->pid, NULL, NULL, &p->start_time))) {
+    free(p);
+    return e;
+  }
+  /* The kernel's ptrace access check, as OpenProcess would refuse. */
+  snprintf(path, sizeof path, "/proc/%d/mem", (int)p->pid);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    e = errno == ENOENT ? ESRCH : (rb_err)errno;
+    free(p);
+    return e;
+  }
+  close(fd);
+  p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
+  p->bits = elf_bits(p->pid);
+  *out = p;
+  return 0;
+}
+
+rb_err rb_open_self(rb_proc **out) {
+  rb_err e = new_proc(getpid(), 1, ~0UL, out);
+  if (!e)
+    (*out)->bits = (int)sizeof(void *) * 8;
+  return e;
+}
+
+void rb_close(rb_proc *p) {
+  size_t i;
+  if (p->pidfd >= 0)
+    close(p->pidfd);
+  for (i = 0; i < p->nallocs; i++)
+    free(p->allocs[i].committed);
+  free(p->allocs);
+  free(p);
+}
+
+unsigned long rb_pid(const rb_proc *p) { return (unsigned long)p->pid; }
+int rb_bits(const rb_proc *p) { return p->bits; }
+
+void rb_name(const rb_proc *p, char *buf, size_t n) { exe_name(p->pid, buf, n); }
+
+rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code, int *known) {
+  siginfo_t si;
+  *known = 0;
+  *code = 0;
+  if (p->is_self) {
+    *alive = 1;
+    return 0;
+  }
+  if (p->pidfd >= 0) {
+    struct pollfd pfd;
+    pfd.fd = p->pidfd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    *alive = poll(&pfd, 1, 0) == 0;
+  } else {
+    *alive = check_same(p) == 0;
+  }
+  if (*alive)
+    return 0;
+  /* The exit code is knowable for our own children, without reaping them. */
+  memset(&si, 0, sizeof si);
+  if (p->pidfd >= 0 &&
+      waitid((idtype_t)3 /* P_PIDFD */, (id_t)p->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+      si.si_pid == p->pid) {
+    *known = 1;
+    *code = si.si_code == CLD_EXITED ? (unsigned long)si.si_status
+                                     : 128UL + (unsigned long)si.si_status;
+  }
+  return 0;
+}
+
+rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count) {
+  DIR *d = opendir("/proc");
+  struct dirent *ent;
+  size_t n = 0;
+  if (d == NULL)
+    return (rb_err)errno;
+  while ((ent = readdir(d)) != NULL) {
+    char *end;
+    unsigned long pid = strtoul(ent->d_name, &end, 10), ppid;
+    if (*end != '\0' || pid == 0)
+      continue;
+    if (stat_info((pid_t)pid, NULL, &ppid, NULL))
+      continue; /* exited meanwhile */
+    if (n < cap) {
+      list[n].pid = pid;
+      list[n].parent_pid = ppid;
+      exe_name((pid_t)pid, list[n].name, sizeof list[n].name);
+    }
+    n++;
+  }
+  closedir(d);
+  *count = n;
+  return 0;
+}
+
+/* Linux has no debug privilege: ptrace rights come from the user, Yama and
+ * CAP_SYS_PTRACE. */
+rb_err rb_enable_debug_privilege(void) { return ENOSYS; }
+
+/* ---- reading and writing ------------------------------------------------------ */
+
+static rb_err transfer(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done,
+                       int write) {
+  *done = 0;
+  if (write && !(p->access & PROCESS_VM_WRITE))
+    return EACCES;
+  while (*done < n) {
+    struct iovec local, remote;
+    ssize_t got;
+    local.iov_base = (char *)buf + *done;
+    local.iov_len = n - *done;
+    remote.iov_base = (void *)(addr + *done);
+    remote.iov_len = n - *done;
+    got = write ? process_vm_writev(p->pid, &local, 1, &remote, 1, 0)
+                : process_vm_readv(p->pid, &local, 1, &remote, 1, 0);
+    if (got < 0) {
+      rb_err e = (rb_err)errno;
+      return e == ESRCH || check_same(p) ? ESRCH : e;
+    }
+    if (got == 0)
+      return EFAULT;
+    *done += (size_t)got;
+  }
+  return 0;
+}
+
+rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done) {
+  return transfer(p, addr, buf, n, done, 0);
+}
+
+rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n, size_t *done) {
+  return transfer(p, addr, (void *)buf, n, done, 1);
+}
+
+/* ---- protections ---------------------------------------------------------------- */
+
+static int prot_of(unsigned long protect, int *ok) {
+  *ok = 1;
+  switch (protect & 0xFF) {
+  case PAGE_NOACCESS: return PROT_NONE;
+  case PAGE_READONLY: return PROT_READ;
+  case PAGE_READWRITE: case PAGE_WRITECOPY: return PROT_READ | PROT_WRITE;
+  case PAGE_EXECUTE: return PROT_EXEC;
+  case PAGE_EXECUTE_READ: return PROT_READ | PROT_EXEC;
+  case PAGE_EXECUTE_READWRITE: case PAGE_EXECUTE_WRITECOPY:
+    return PROT_READ | PROT_WRITE | PROT_EXEC;
+  default: *ok = 0; return 0;
+  }
+}
+
+static unsigned long protect_of(const char perms[4]) {
+  int r = perms[0] == 'r', w = perms[1] == 'w', x = perms[2] == 'x';
+  if (x)
+    return w ? PAGE_EXECUTE_READWRITE : r ? PAGE_EXECUTE_READ : PAGE_EXECUTE;
+  return w ? PAGE_READWRITE : r ? PAGE_READONLY : PAGE_NOACCESS;
+}
+
+/* ---- /proc/PID/maps -------------------------------------------------------------- */
+
+typedef struct mapping {
+  uintptr_t lo, hi;
+  char perms[5];
+  int file;   /* backed by a file */
+  int image;  /* a file with an executable mapping: a program or library */
+  unsigned long long inode;
+  unsigned dev_major, dev_minor;
+} mapping;
+
+/* Calls fn for each mapping in address order until it returns non-zero. The
+ * `image` flag is resolved by a second look at the same file's mappings. */
+typedef int (*map_fn)(void *ud, const mapping *m);
+
+static rb_err each_mapping(pid_t pid, map_fn fn, void *ud) {
+  char path[64];
+  FILE *f;
+  char line[PATH_MAX + 128];
+  snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+  f = fopen(path, "re");
+  if (f == NULL)
+    return errno == ENOENT ? ESRCH : (rb_err)errno;
+  while (fgets(line, sizeof line, f)) {
+    mapping m;
+    unsigned long lo, hi;
+    unsigned long long off;
+    memset(&m, 0, sizeof m);
+    if (sscanf(line, "%lx-%lx %4s %llx %x:%x %llu", &lo, &hi, m.perms, &off, &m.dev_major,
+               &m.dev_minor, &m.inode) != 7)
+      continue;
+    m.lo = lo;
+    m.hi = hi;
+    m.file = m.inode != 0;
+    if (fn(ud, &m))
+      break;
+  }
+  fclose(f);
+  return 0;
+}
+
+typedef struct find_ctx {
+  uintptr_t addr;
+  mapping hit, prev;
+  int found, have_prev;
+  uintptr_t next_lo; /* the first mapping above addr, if no hit */
+} find_ctx;
+
+static int find_cb(void *ud, const mapping *m) {
+  find_ctx *c = (find_ctx *)ud;
+  if (m->hi <= c->addr) {
+    c->prev = *m;
+    c->have_prev = 1;
+    return 0;
+  }
+  if (m->lo <= c->addr) {
+    c->hit = *m;
+    c->found = 1;
+  } else {
+    c->next_lo = m->lo;
+  }
+  return 1;
+}
+
+typedef struct image_ctx {
+  const mapping *m;
+  int image;
+} image_ctx;
+
+static int image_cb(void *ud, const mapping *m) {
+  image_ctx *c = (image_ctx *)ud;
+  if (m->inode == c->m->inode && m->dev_major == c->m->dev_major &&
+      m->dev_minor == c->m->dev_minor && m->perms[2] == 'x') {
+    c->image = 1;
+    return 1;
+  }
+  return 0;
+}
+
+/* ---- rmem's allocations ------------------------------------------------------------ */
+
+static alloc *find_alloc(rb_proc *p, uintptr_t addr) {
+  size_t i;
+  for (i = 0; i < p->nallocs; i++)
+    if (addr >= p->allocs[i].base && addr - p->allocs[i].base < p->allocs[i].size)
+      return &p->allocs[i];
+  return NULL;
+}
+
+static rb_err add_alloc(rb_proc *p, uintptr_t base, size_t size, unsigned long protect,
+                        int committed) {
+  size_t pages = size / rb_page_size();
+  alloc *a;
+  if (p->nallocs == p->cap) {
+    size_t cap = p->cap ? p->cap * 2 : 8;
+    alloc *grown = (alloc *)realloc(p->allocs, cap * sizeof *grown);
+    if (grown == NULL)
+      return ENOMEM;
+    p->allocs = grown;
+    p->cap = cap;
+  }
+  a = &p->allocs[p->nallocs];
+  a->committed = (unsigned char *)malloc(pages ? pages : 1);
+  if (a->committed == NULL)
+    return ENOMEM;
+  memset(a->committed, committed, pages);
+  a->base = base;
+  a->size = size;
+  a->protect = protect;
+  p->nallocs++;
+  return 0;
+}
+
+static void drop_alloc(rb_proc *p, alloc *a) {
+  free(a->committed);
+  *a = p->allocs[--p->nallocs];
+}
+
+/* ---- system calls in the target ------------------------------------------------------ */
+
+typedef struct calls {
+  rb_inject_call c[64];
+  int n;
+  int is32;
+} calls;
+
+enum { SC_MMAP, SC_MPROTECT, SC_MUNMAP, SC_MADVISE };
+static const long nr64[] = {9, 10, 11, 28};
+static const long nr32[] = {192 /* mmap2 */, 125, 91, 219};
+
+static void add_call(calls *cs, int which, long a0, long a1, long a2, long a3, long a4) {
+  rb_inject_call *c = &cs->c[cs->n++];
+  c->nr = cs->is32 ? nr32[which] : nr64[which];
+  c->args[0] = a0;
+  c->args[1] = a1;
+  c->args[2] = a2;
+  c->args[3] = a3;
+  c->args[4] = a4;
+  c->args[5] = 0; /* mmap's offset (mmap2: in pages) */
+  c->ret = 0;
+}
+
+/* Runs the batch in the target; the first failing call's errno, or 0. */
+static rb_err run_calls(rb_proc *p, calls *cs) {
+  int i;
+  rb_err e;
+  if (p->is_self) {
+    for (i = 0; i < cs->n; i++) {
+      rb_inject_call *c = &cs->c[i];
+      c->ret = syscall(c->nr, c->args[0], c->args[1], c->args[2], c->args[3], c->args[4],
+                       c->args[5]);
+      if (c->ret == -1)
+        c->ret = -errno;
+    }
+  } else {
+    if ((e = check_same(p)))
+      return e;
+    e = rb_inject(p->pid, cs->is32, cs->c, cs->n);
+    if (e)
+      return e == ESRCH || check_same(p) ? ESRCH : e;
+  }
+  for (i = 0; i < cs->n; i++)
+    if (cs->c[i].ret < 0 && cs->c[i].ret > -4096)
+      return (rb_err)-cs->c[i].ret;
+  return 0;
+}
+
+static void init_calls(rb_proc *p, calls *cs) {
+  cs->n = 0;
+  cs->is32 = p->bits == 32;
+}
+
+/* Queues the calls that bring the pages [lo, hi) of a to state `commit`
+ * (and protection prot if committing), run by run. */
+static void queue_state(calls *cs, alloc *a, uintptr_t lo, uintptr_t hi, int commit, int prot) {
+  size_t ps = rb_page_size(), i = (lo - a->base) / ps, end = (hi - a->base) / ps;
+  while (i < end) {
+    size_t j = i;
+    int was = a->committed[i];
+    while (j < end && a->committed[j] == was && cs->n < 63)
+      j++;
+    if (commit && was) /* keeps the contents, unlike a new mapping */
+      add_call(cs, SC_MPROTECT, (long)(a->base + i * ps), (long)((j - i) * ps), prot, 0, 0);
+    else if (commit)
+      add_call(cs, SC_MMAP, (long)(a->base + i * ps), (long)((j - i) * ps), prot,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1);
+    else if (was)
+      add_call(cs, SC_MMAP, (long)(a->base + i * ps), (long)((j - i) * ps), PROT_NONE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1);
+    i = j;
+  }
+}
+
+static void set_state(alloc *a, uintptr_t lo, uintptr_t hi, int commit) {
+  size_t ps = rb_page_size();
+  memset(a->committed + (lo - a->base) / ps, commit, (hi - lo) / ps);
+}
+
+static uintptr_t down(uintptr_t a) { return a & ~(uintptr_t)(rb_page_size() - 1); }
+static uintptr_t up(uintptr_t a) { return down(a + rb_page_size() - 1); }
+
+static rb_err need(const rb_proc *p, unsigned long right) {
+  return (p->access & right) ? 0 : EACCES;
+}
+
+rb_err rb_alloc(rb_proc *p, uintptr_t addr, size_t size, unsigned long type,
+                unsigned long protect, uintptr_t *out) {
+  calls cs;
+  int ok, prot = prot_of(protect, &ok);
+  uintptr_t lo = down(addr), hi = up(addr + size);
+  rb_err e;
+  if ((e = need(p, PROCESS_VM_OPERATION)))
+    return e;
+  if (size == 0 || !ok || hi < lo)
+    return EINVAL;
+  init_calls(p, &cs);
+  if (type & MEM_RESET) {
+    alloc *a = find_alloc(p, lo);
+    if (type != MEM_RESET)
+      return EINVAL;
+    if (a != NULL && hi - a->base > a->size)
+      return EINVAL;
+    add_call(&cs, SC_MADVISE, (long)lo, (long)(hi - lo), MADV_FREE, 0, 0);
+    if ((e = run_calls(p, &cs)))
+      return e;
+    *out = lo;
+    return 0;
+  }
+  if (type & MEM_RESERVE) {
+    int commit = (type & MEM_COMMIT) != 0;
+    if (type & ~(unsigned long)(MEM_RESERVE | MEM_COMMIT | 0x100000 /* TOP_DOWN */))
+      return EINVAL; /* write watch, large pages, physical: no Linux meaning */
+    add_call(&cs, SC_MMAP, (long)lo, (long)(hi - lo), commit ? prot : PROT_NONE,
+             MAP_PRIVATE | MAP_ANONYMOUS | (commit ? 0 : MAP_NORESERVE) |
+                 (addr ? MAP_FIXED_NOREPLACE : 0),
+             -1);
+    if ((e = run_calls(p, &cs)))
+      return e;
+    lo = (uintptr_t)cs.c[0].ret;
+    if (cs.is32)
+      lo &= 0xFFFFFFFFu;
+    if (addr && lo != down(addr)) { /* a kernel without MAP_FIXED_NOREPLACE */
+      init_calls(p, &cs);
+      add_call(&cs, SC_MUNMAP, (long)lo, (long)(hi - down(addr)), 0, 0, 0);
+      run_calls(p, &cs);
+      return EEXIST;
+    }
+    if ((e = add_alloc(p, lo, hi - down(addr), protect, commit)))
+      return e;
+    *out = lo;
+    return 0;
+  }
+  if (type == MEM_COMMIT) {
+    alloc *a = find_alloc(p, lo);
+    if (a == NULL || hi - a->base > a->size)
+      return EFAULT; /* Windows: ERROR_INVALID_ADDRESS */
+    queue_state(&cs, a, lo, hi, 1, prot);
+    if ((e = run_calls(p, &cs)))
+      return e;
+    set_state(a, lo, hi, 1);
+    *out = lo;
+    return 0;
+  }
+  return EINVAL;
+}
+
+rb_err rb_free(rb_proc *p, uintptr_t addr, size_t size, unsigned long type) {
+  calls cs;
+  alloc *a;
+  rb_err e;
+  if ((e = need(p, PROCESS_VM_OPERATION)))
+    return e;
+  if (type != MEM_DECOMMIT && type != MEM_RELEASE)
+    return EINVAL;
+  a = find_alloc(p, addr);
+  init_calls(p, &cs);
+  if (type == MEM_RELEASE) {
+    if (size != 0)
+      return EINVAL;
+    if (a == NULL || a->base != addr)
+      return EFAULT; /* Windows: ERROR_INVALID_ADDRESS */
+    add_call(&cs, SC_MUNMAP, (long)a->base, (long)a->size, 0, 0, 0);
+    if ((e = run_calls(p, &cs)))
+      return e;
+    drop_alloc(p, a);
+    return 0;
+  }
+  {
+    uintptr_t lo = down(addr), hi = size == 0 ? 0 : up(addr + size);
+    if (a == NULL)
+      return EFAULT;
+    if (size == 0) {
+      if (addr != a->base)
+        return EINVAL;
+      hi = a->base + a->size;
+    }
+    if (hi - a->base > a->size)
+      return EINVAL;
+    queue_state(&cs, a, lo, hi, 0, PROT_NONE);
+    if ((e = run_calls(p, &cs)))
+      return e;
+    set_state(a, lo, hi, 0);
+    return 0;
+  }
+}
+
+rb_err rb_protect(rb_proc *p, uintptr_t addr, size_t size, unsigned long protect,
+                  unsigned long *old) {
+  calls cs;
+  int ok, prot = prot_of(protect, &ok);
+  uintptr_t lo = down(addr), hi = up(addr + size);
+  alloc *a = find_alloc(p, lo);
+  rb_region first;
+  rb_err e;
+  if ((e = need(p, PROCESS_VM_OPERATION)))
+    return e;
+  if (!ok || size == 0)
+    return EINVAL;
+  if ((e = rb_query(p, lo, &first)))
+    return e;
+  if (first.state != MEM_COMMIT)
+    return EFAULT; /* Windows: ERROR_INVALID_ADDRESS */
+  if (a != NULL) {
+    size_t i;
+    if (hi - a->base > a->size)
+      return EFAULT;
+    for (i = (lo - a->base) / rb_page_size(); i < (hi - a->base) / rb_page_size(); i++)
+      if (!a->committed[i])
+        return EFAULT;
+  }
+  init_calls(p, &cs);
+  add_call(&cs, SC_MPROTECT, (long)lo, (long)(hi - lo), prot, 0, 0);
+  if ((e = run_calls(p, &cs)))
+    return e == ENOMEM ? EFAULT : e; /* ENOMEM: part of the range is unmapped */
+  *old = first.protect;
+  return 0;
+}
+
+rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info) {
+  find_ctx c;
+  alloc *a;
+  rb_err e;
+  if (addr >= rb_user_end())
+    return EINVAL;
+  memset(&c, 0, sizeof c);
+  c.addr = addr;
+  c.next_lo = rb_user_end();
+  if ((e = each_mapping(p->pid, find_cb, &c)))
+    return e;
+  if ((e = check_same(p)))
+    return e;
+  memset(info, 0, sizeof *info);
+  a = find_alloc(p, down(addr));
+  if (a != NULL) {
+    /* a run of pages of this allocation with the same state and protection */
+    size_t ps = rb_page_size(), i = (down(addr) - a->base) / ps, lo = i, hi = i + 1;
+    size_t pages = a->size / ps;
+    int state = a->committed[i];
+    unsigned long prot = c.found ? protect_of(c.hit.perms) : PAGE_NOACCESS;
+    uintptr_t mlo = c.found ? c.hit.lo : 0, mhi = c.found ? c.hit.hi : rb_user_end();
+    while (lo > 0 && a->committed[lo - 1] == state && a->base + (lo - 1) * ps >= mlo)
+      lo--;
+    while (hi < pages && a->committed[hi] == state && a->base + hi * ps < mhi)
+      hi++;
+    info->base = a->base + lo * ps;
+    info->size = (hi - lo) * ps;
+    info->allocation_base = a->base;
+    info->allocation_protect = a->protect;
+    info->state = state ? MEM_COMMIT : MEM_RESERVE;
+    info->protect = state ? prot : 0;
+    info->type = MEM_PRIVATE;
+    return 0;
+  }
+  if (!c.found) { /* a gap between mappings: free */
+    info->base = c.have_prev ? c.prev.hi : 0;
+    info->size = c.next_lo - info->base;
+    info->state = MEM_FREE;
+    info->protect = PAGE_NOACCESS;
+    return 0;
+  }
+  info->base = c.hit.lo;
+  info->size = c.hit.hi - c.hit.lo;
+  info->allocation_base = c.hit.lo;
+  info->protect = protect_of(c.hit.perms);
+  /* a PROT_NONE anonymous mapping is how Linux programs reserve space */
+  info->state = info->protect == PAGE_NOACCESS && !c.hit.file ? MEM_RESERVE : MEM_COMMIT;
+  if (info->state == MEM_RESERVE)
+    info->protect = 0;
+  info->allocation_protect = info->protect ? info->protect : PAGE_NOACCESS;
+  if (c.hit.file) {
+    image_ctx ic;
+    ic.m = &c.hit;
+    ic.image = 0;
+    each_mapping(p->pid, image_cb, &ic);
+    info->type = ic.image ? MEM_IMAGE : MEM_MAPPED;
+  } else {
+    info->type = MEM_PRIVATE;
+  }
+  return 0;
+}
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+void rb_message(rb_err code, char *buf, size_t n) {
+  char tmp[256];
+  const char *s = strerror_r((int)code, tmp, sizeof tmp);
+  snprintf(buf, n, "%s", s);
+}
+
+static const struct {
+  rb_err code;
+  const char *name;
+} error_names[] = {
+  {EPERM, "EPERM"}, {ENOENT, "ENOENT"}, {ESRCH, "ESRCH"}, {EINTR, "EINTR"},
+  {EIO, "EIO"}, {E2BIG, "E2BIG"}, {ECHILD, "ECHILD"}, {EAGAIN, "EAGAIN"},
+  {ENOMEM, "ENOMEM"}, {EACCES, "EACCES"}, {EFAULT, "EFAULT"}, {EBUSY, "EBUSY"},
+  {EEXIST, "EEXIST"}, {EINVAL, "EINVAL"}, {ENOSYS, "ENOSYS"}, {ELOOP, "ELOOP"},
+  {EPROTO, "EPROTO"}, {EOVERFLOW, "EOVERFLOW"}, {ENOTSUP, "ENOTSUP"},
+  {0, NULL}
+};
+
+const char *rb_error_name(rb_err code) {
+  int i;
+  for (i = 0; error_names[i].name != NULL; i++)
+    if (error_names[i].code == code)
+      return error_names[i].name;
+  return NULL;
+}

@@ -1,0 +1,352 @@
+/*
+ * System calls inside another process (inject_linux.h).
+ *
+ * The host forks a helper for each batch: the helper is the tracer, so the
+ * host never gets ptrace stops or their SIGCHLDs and waits for nothing but
+ * that helper's pid. The helper blocks every signal it can and leaves the
+ * host's process group, so a Ctrl-C or a killed host never interrupts it
+ * halfway: it always restores the target's registers and signal mask before
+ * it exits. It calls nothing that allocates (it is a fork of a possibly
+ * multi-threaded host): everything it needs is prepared before the fork.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "inject_linux.h"
+
+#define MAX_KEPT 16 /* signals that arrive during a session, re-raised after it */
+
+typedef struct session {
+  pid_t pid, tid;
+  int is32, syscall_step;
+  uintptr_t gadget;
+  struct user_regs_struct saved;
+  uint64_t saved_mask;
+  int mask_set, regs_dirty;
+  siginfo_t kept[MAX_KEPT];
+  int nkept;
+} session;
+
+/* ---- before the fork: where and in which thread ---------------------------- */
+
+/* The address of a `syscall` (or, 32-bit, `int $0x80`) instruction in the
+ * target's vDSO. */
+static rb_err find_gadget(pid_t pid, int is32, uintptr_t *out) {
+  char path[64], line[512];
+  unsigned char code[16384];
+  const unsigned char insn[2] = {is32 ? 0xcd : 0x0f, is32 ? 0x80 : 0x05};
+  FILE *f;
+  unsigned long lo = 0, hi = 0;
+  int found = 0;
+  snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+  if ((f = fopen(path, "re")) == NULL)
+    return errno == ENOENT ? ESRCH : (rb_err)errno;
+  while (!found && fgets(line, sizeof line, f))
+    found = strstr(line, "[vdso]") != NULL && sscanf(line, "%lx-%lx", &lo, &hi) == 2;
+  fclose(f);
+  if (found) {
+    struct iovec local, remote;
+    ssize_t got;
+    size_t n = hi - lo < sizeof code ? hi - lo : sizeof code;
+    local.iov_base = code;
+    local.iov_len = n;
+    remote.iov_base = (void *)lo;
+    remote.iov_len = n;
+    got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    if (got > 1) {
+      unsigned char *at = (unsigned char *)memmem(code, (size_t)got, insn, 2);
+      if (at) {
+        *out = (uintptr_t)lo + (uintptr_t)(at - code);
+        return 0;
+      }
+    }
+  }
+  return ENOSYS; /* no vDSO, or no such instruction in it */
+}
+
+/* A thread to borrow: one blocked in a call the kernel restarts by itself
+ * after the session, else the main thread. */
+static pid_t choose_thread(pid_t pid, int is32) {
+  static const long restart64[] = {0 /* read */, 7 /* poll */, 23 /* select */,
+                                   34 /* pause */, 35 /* nanosleep */, 61 /* wait4 */,
+                                   202 /* futex */, 230 /* clock_nanosleep */, -2};
+  static const long restart32[] = {3, 168, 142, 29, 162, 114, 240, 267, -2};
+  const long *ok = is32 ? restart32 : restart64;
+  char path[64], buf[256];
+  DIR *d;
+  struct dirent *ent;
+  pid_t chosen = pid;
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  if ((d = opendir(path)) == NULL)
+    return pid;
+  while ((ent = readdir(d)) != NULL) {
+    long tid = strtol(ent->d_name, NULL, 10), nr;
+    int fd, i;
+    ssize_t got;
+    if (tid <= 0)
+      continue;
+    snprintf(path, sizeof path, "/proc/%d/task/%ld/syscall", (int)pid, tid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+      continue;
+    got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (got <= 0)
+      continue;
+    buf[got] = '\0';
+    if (strncmp(buf, "running", 7) == 0)
+      continue;
+    nr = strtol(buf, NULL, 10);
+    for (i = 0; ok[i] != -2; i++)
+      if (ok[i] == nr) {
+        chosen = (pid_t)tid;
+        goto done;
+      }
+  }
+done:
+  closedir(d);
+  return chosen;
+}
+
+/* Single-stepping raises SIGTRAP; a target that ignores SIGTRAP would have it
+ * reset to the default action, so step system call by system call then. */
+static int ignores_sigtrap(pid_t tid) {
+  char path[64], buf[2048], *at;
+  int fd;
+  ssize_t got;
+  snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    return 0;
+  got = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (got <= 0)
+    return 0;
+  buf[got] = '\0';
+  at = strstr(buf, "SigIgn:");
+  return at && (strtoull(at + 7, NULL, 16) & (1ULL << (SIGTRAP - 1)));
+}
+
+/* ---- in the helper: the ptrace session -------------------------------------------- */
+
+static rb_err wait_stop(pid_t tid, int *st) {
+  for (;;) {
+    if (waitpid(tid, st, __WALL) < 0) {
+      if (errno == EINTR)
+        continue;
+      return errno == ECHILD ? ESRCH : (rb_err)errno;
+    }
+    if (WIFEXITED(*st) || WIFSIGNALED(*st))
+      return ESRCH;
+    return 0;
+  }
+}
+
+static void keep_signal(session *s) {
+  if (s->nkept < MAX_KEPT &&
+      ptrace(PTRACE_GETSIGINFO, s->tid, 0, &s->kept[s->nkept]) == 0)
+    s->nkept++;
+}
+
+static rb_err attach(session *s) {
+  int st;
+  rb_err e;
+  uint64_t all_but_trap = ~(1ULL << (SIGTRAP - 1));
+  if (ptrace(PTRACE_SEIZE, s->tid, 0, (void *)(long)PTRACE_O_TRACESYSGOOD))
+    return (rb_err)errno;
+  if (ptrace(PTRACE_INTERRUPT, s->tid, 0, 0))
+    return (rb_err)errno;
+  if ((e = wait_stop(s->tid, &st)))
+    return e;
+  /* a signal being delivered as we stopped it: give it back afterwards */
+  if ((st >> 16) == 0 && WSTOPSIG(st) != SIGTRAP)
+    keep_signal(s);
+  if (ptrace(PTRACE_GETREGS, s->tid, 0, &s->saved))
+    return (rb_err)errno;
+  if (s->is32 != (s->saved.cs == 0x23))
+    return EPROTO; /* the ELF class and the thread's mode disagree */
+  /* Signals stay queued in the kernel for the session instead of stopping it. */
+  if (ptrace(PTRACE_GETSIGMASK, s->tid, (void *)sizeof(uint64_t), &s->saved_mask) == 0 &&
+      ptrace(PTRACE_SETSIGMASK, s->tid, (void *)sizeof(uint64_t), &all_but_trap) == 0)
+    s->mask_set = 1;
+  return 0;
+}
+
+static long decode(const session *s, unsigned long long rax) {
+  uint32_t v;
+  if (!s->is32)
+    return (long)rax;
+  v = (uint32_t)rax; /* ia32: only -4095..-1 are errors */
+  return v >= (uint32_t)-4095 ? (long)(int32_t)v : (long)v;
+}
+
+static rb_err run_one(session *s, rb_inject_call *c) {
+  struct user_regs_struct g = s->saved, now;
+  int entered = 0, i;
+  g.rip = s->gadget;
+  g.orig_rax = (unsigned long long)-1; /* keep the kernel's restart logic off our frame */
+  g.rax = (unsigned long long)c->nr;
+  if (!s->is32) {
+    g.rdi = (unsigned long long)c->args[0];
+    g.rsi = (unsigned long long)c->args[1];
+    g.rdx = (unsigned long long)c->args[2];
+    g.r10 = (unsigned long long)c->args[3];
+    g.r8 = (unsigned long long)c->args[4];
+    g.r9 = (unsigned long long)c->args[5];
+  } else {
+    g.rbx = (uint32_t)c->args[0];
+    g.rcx = (uint32_t)c->args[1];
+    g.rdx = (uint32_t)c->args[2];
+    g.rsi = (uint32_t)c->args[3];
+    g.rdi = (uint32_t)c->args[4];
+    g.rbp = (uint32_t)c->args[5];
+  }
+  if (ptrace(PTRACE_SETREGS, s->tid, 0, &g))
+    return (rb_err)errno;
+  s->regs_dirty = 1;
+  for (i = 0; i < 4096; i++) {
+    int st, sig;
+    rb_err e;
+    if (ptrace(s->syscall_step ? PTRACE_SYSCALL : PTRACE_SINGLESTEP, s->tid, 0, 0))
+      return (rb_err)errno;
+    if ((e = wait_stop(s->tid, &st)))
+      return e;
+    if (ptrace(PTRACE_GETREGS, s->tid, 0, &now))
+      return (rb_err)errno;
+    if (now.rip != s->gadget && now.rip != s->gadget + 2)
+      return EPROTO; /* lost control of the thread: never seen */
+    sig = WSTOPSIG(st);
+    if ((st >> 16) != 0)
+      continue; /* a pending interrupt or a group stop: resume */
+    if (sig == (SIGTRAP | 0x80)) { /* PTRACE_SYSCALL: entry, then exit */
+      if (entered) {
+        c->ret = decode(s, now.rax);
+        return 0;
+      }
+      entered = 1;
+      continue;
+    }
+    if (!s->syscall_step && sig == SIGTRAP) {
+      siginfo_t si;
+      if (ptrace(PTRACE_GETSIGINFO, s->tid, 0, &si) == 0 && si.si_code > 0) {
+        if (now.rip == s->gadget + 2) { /* our step: the call has run */
+          c->ret = decode(s, now.rax);
+          return 0;
+        }
+        continue;
+      }
+    }
+    keep_signal(s); /* a real signal for the target: suppressed until detach */
+  }
+  return ELOOP;
+}
+
+static void detach(session *s) {
+  int i;
+  if (s->regs_dirty) /* verbatim, orig_rax too: an interrupted call restarts */
+    ptrace(PTRACE_SETREGS, s->tid, 0, &s->saved);
+  if (s->mask_set)
+    ptrace(PTRACE_SETSIGMASK, s->tid, (void *)sizeof(uint64_t), &s->saved_mask);
+  ptrace(PTRACE_DETACH, s->tid, 0, 0);
+  for (i = 0; i < s->nkept; i++) {
+    const siginfo_t *si = &s->kept[i];
+    /* sigqueue()-style signals keep their payload; the rest are re-raised */
+    if (si->si_code < 0 && si->si_code != SI_TKILL &&
+        syscall(SYS_rt_tgsigqueueinfo, s->pid, s->tid, si->si_signo, si) == 0)
+      continue;
+    syscall(SYS_tgkill, s->pid, s->tid, si->si_signo);
+  }
+}
+
+typedef struct reply {
+  rb_err err;
+  int ran; /* calls that ran */
+} reply;
+
+static void helper(int fd, session *s, rb_inject_call *calls, int n) {
+  sigset_t all;
+  reply r;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, NULL);
+  setpgid(0, 0);
+  r.ran = 0;
+  r.err = attach(s);
+  while (r.err == 0 && r.ran < n) {
+    r.err = run_one(s, &calls[r.ran]);
+    if (r.err)
+      break;
+    if (calls[r.ran++].ret < 0 && calls[r.ran - 1].ret > -4096)
+      break; /* the first failing call ends the batch */
+  }
+  detach(s);
+  if (write(fd, &r, sizeof r) == (ssize_t)sizeof r && r.ran > 0 &&
+      write(fd, calls, (size_t)r.ran * sizeof *calls) < 0)
+    _exit(1);
+  _exit(0);
+}
+
+/* ---- the host side ----------------------------------------------------------------- */
+
+static rb_err read_all(int fd, void *buf, size_t n) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t got = read(fd, (char *)buf + done, n - done);
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0)
+      return EPROTO;
+    done += (size_t)got;
+  }
+  return 0;
+}
+
+rb_err rb_inject(pid_t pid, int is32, rb_inject_call *calls, int n) {
+  session s;
+  int fds[2], st;
+  pid_t child;
+  reply r;
+  rb_err e;
+  memset(&s, 0, sizeof s);
+  s.pid = pid;
+  s.is32 = is32;
+  if ((e = find_gadget(pid, is32, &s.gadget)))
+    return e;
+  s.tid = choose_thread(pid, is32);
+  s.syscall_step = ignores_sigtrap(s.tid);
+  if (pipe2(fds, O_CLOEXEC))
+    return (rb_err)errno;
+  child = fork();
+  if (child < 0) {
+    e = (rb_err)errno;
+    close(fds[0]);
+    close(fds[1]);
+    return e;
+  }
+  if (child == 0) {
+    close(fds[0]);
+    helper(fds[1], &s, calls, n);
+  }
+  close(fds[1]);
+  e = read_all(fds[0], &r, sizeof r);
+  if (!e && r.ran > 0)
+    e = read_all(fds[0], calls, (size_t)r.ran * sizeof *calls);
+  close(fds[0]);
+  while (waitpid(child, &st, 0) < 0 && errno == EINTR)
+    ;
+  if (e)
+    return e;
+  if (r.err)
+    return r.err;
+  return r.ran == 0 && n > 0 ? EPROTO : 0;
+}

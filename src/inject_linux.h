@@ -1,0 +1,26 @@
+/*
+ * System calls run inside another Linux process, for the Linux backend.
+ * Never includes lua.h.
+ */
+#ifndef RMEM_INJECT_LINUX_H
+#define RMEM_INJECT_LINUX_H
+
+#include <sys/types.h>
+
+#include "backend.h"
+
+typedef struct rb_inject_call {
+  long nr;
+  long args[6];
+  long ret; /* the raw result: -errno on failure */
+} rb_inject_call;
+
+/* Runs calls[0..n) in one thread of process pid, in order, stopping at the
+ * first that fails, in one ptrace session of a short-lived helper process:
+ * attach, run, restore the thread's registers and signal mask, detach.
+ * is32: the target runs in 32-bit mode (int $0x80, ia32 numbers). Returns 0
+ * once the calls ran (their results in ret), or the errno that kept them
+ * from running. */
+rb_err rb_inject(pid_t pid, int is32, rb_inject_call *calls, int n);
+
+#endif
