@@ -11,18 +11,50 @@ WIN_DLL  := $(WIN_CC) $(CFLAGS) -shared -DLUA_BUILD_AS_DLL
 CORE_SRC := src/core.c src/backend_win.c
 CORE_HDR := src/backend.h
 
-.PHONY: all demo test windows lint clean
+# Linux: a plain build for users and the demo, and one under AddressSanitizer
+# and UBSan for the specs.
+LIN      := build/linux
+LIN_ASAN := build/linux-asan
+LUA_INC  ?= /usr/include/lua5.4
+LIN_SRC  := src/core.c src/backend_linux.c src/inject_linux.c
+LIN_HDR  := src/backend.h src/inject_linux.h
+LIN_SO   := gcc $(CFLAGS) -fPIC -shared -I$(LUA_INC)
+SAN      := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-all: windows
+.PHONY: all demo demo-windows test windows linux lint clean
+
+all: linux
 
 demo:
+	@scripts/bootstrap linux
+	@scripts/lua-linux examples/demo.lua $(LIN)/rmem-target
+
+demo-windows:
 	@scripts/bootstrap
 	@scripts/lua-windows examples/demo.lua $(WIN)/bin/rmem-target.exe
 
 test:
 	@scripts/bootstrap
 	@$(MAKE) -s lint
-	@scripts/run-specs windows scripts/busted-windows spec; rc=$$?; scripts/wine-stop; exit $$rc
+	@scripts/run-specs linux scripts/busted-linux spec; \
+	  lrc=$$?; scripts/run-specs windows scripts/busted-windows spec; \
+	  wrc=$$?; scripts/wine-stop; [ $$lrc -eq 0 ] && [ $$wrc -eq 0 ]
+
+linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target
+
+$(LIN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
+	@mkdir -p $(@D)
+	$(LIN_SO) -o $@ $(LIN_SRC)
+
+$(LIN_ASAN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
+	@mkdir -p $(@D)
+	$(LIN_SO) $(SAN) -o $@ $(LIN_SRC)
+
+$(LIN_ASAN)/testproc.so: spec/support/testproc_linux.c
+	$(LIN_SO) $(SAN) -o $@ $<
+
+$(LIN)/rmem-target: examples/target.c
+	gcc $(CFLAGS) -D_POSIX_C_SOURCE=200809L -o $@ $<
 
 windows: $(WIN)/lib/rmem/core.dll $(WIN)/lib/testproc.dll $(WIN)/bin/rmem-target.exe
 
@@ -43,5 +75,5 @@ lint:
 	luacheck -q lua spec examples rmem-scm-1.rockspec .busted .luacheckrc
 
 clean:
-	rm -rf build/windows/lib/rmem build/windows/lib/testproc.dll build/windows/bin/rmem-target.exe
+	rm -rf $(LIN) $(LIN_ASAN) build/windows/lib/rmem build/windows/lib/testproc.dll build/windows/bin/rmem-target.exe
 

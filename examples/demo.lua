@@ -22,7 +22,8 @@ end
 
 -- Start the target with a pipe on its standard input: it runs until the
 -- pipe closes, and writes its pid to a file once it is ready.
-local command = arg[1] or (arg[-1]:match("^(.*)[/\\]") or ".") .. sep .. "rmem-target.exe"
+local command = arg[1] or (arg[-1]:match("^(.*)[/\\]") or ".") .. sep
+  .. (rmem.platform == "windows" and "rmem-target.exe" or "rmem-target")
 local pidfile = (os.getenv("TEMP") or os.getenv("TMPDIR") or "/tmp") .. sep
   .. ("rmem-demo-%d.pid"):format(os.time())
 local cmdline = ('"%s" --pid-file "%s" --until-eof'):format(command, pidfile)

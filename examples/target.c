@@ -2,16 +2,23 @@
  * A small program to experiment on: it starts, says it is ready, and then
  * does nothing, so whatever changes in its memory was done from outside.
  *
- *   rmem-target [--ready-event NAME] [--pid-file PATH] [--until-eof]
+ *   rmem-target [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--until-eof]
  *
- * --ready-event NAME  set the named event once started (the test helper)
+ * --ready-event NAME  Windows: set the named event once started (the test helper)
+ * --ready-fd N        POSIX: write "ready\n" to descriptor N and close it (the test helper)
  * --pid-file PATH     write the pid to PATH once started (the demo)
- * --until-eof         exit 0 when standard input closes; otherwise idle
- *                     until killed
+ * --until-eof         read commands from standard input: "exit N" exits with
+ *                     code N, end of input exits 0; otherwise idle until killed
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef _WIN32
 #include <windows.h>
+#define getpid() GetCurrentProcessId()
+#else
+#include <unistd.h>
+#endif
 
 int main(int argc, char **argv) {
   int i, until_eof = 0;
@@ -22,24 +29,38 @@ int main(int argc, char **argv) {
       FILE *f = fopen(argv[++i], "w");
       if (f == NULL)
         return 2;
-      fprintf(f, "%lu\n", (unsigned long)GetCurrentProcessId());
+      fprintf(f, "%lu\n", (unsigned long)getpid());
       fclose(f);
+#ifdef _WIN32
     } else if (strcmp(argv[i], "--ready-event") == 0 && i + 1 < argc) {
       HANDLE ev = OpenEventA(EVENT_MODIFY_STATE, FALSE, argv[++i]);
       if (ev == NULL || !SetEvent(ev))
         return 3;
       CloseHandle(ev);
+#else
+    } else if (strcmp(argv[i], "--ready-fd") == 0 && i + 1 < argc) {
+      int fd = atoi(argv[++i]);
+      if (write(fd, "ready\n", 6) != 6)
+        return 3;
+      close(fd);
+#endif
     } else {
-      fprintf(stderr, "usage: %s [--ready-event NAME] [--pid-file PATH] [--until-eof]\n",
+      fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--until-eof]\n",
               argv[0]);
       return 1;
     }
   }
   if (until_eof) {
-    while (getchar() != EOF)
-      ;
+    char line[64];
+    while (fgets(line, sizeof line, stdin))
+      if (strncmp(line, "exit ", 5) == 0)
+        return atoi(line + 5);
     return 0;
   }
   for (;;)
+#ifdef _WIN32
     Sleep(INFINITE);
+#else
+    pause();
+#endif
 }

@@ -19,3 +19,9 @@ win_lua_env() {
   export LUA_PATH_5_4="$z/lua/?.lua;$z/lua/?/init.lua;$z/?.lua;$z/?/init.lua;$s/?.lua;$s/?/init.lua"
   export LUA_CPATH_5_4="Z:$WIN/lib/?.dll"
 }
+
+# Lua paths for the native lua5.4; $1 is the folder of the C modules.
+linux_lua_env() {
+  export LUA_PATH_5_4="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/?.lua;$ROOT/?/init.lua;;"
+  export LUA_CPATH_5_4="$1/?.so;;"
+}

@@ -5,6 +5,18 @@ local helpers = require "spec.helpers"
 
 local PAGE = rmem.page_size
 
+-- The OS's text for code, ending with a period as in rmem.Error's text.
+local function text(code)
+  local m = core.error_message(code)
+  return m:match("%.$") and m or m .. "."
+end
+
+-- "NAME (code): the OS's text" for a Win32 error name on this platform
+local function os_part(win_name)
+  local code = helpers.code(win_name)
+  return ("%s (%d): %s"):format(helpers.name(win_name), code, text(code))
+end
+
 describe("rmem.Error", function()
   local p, t
 
@@ -17,9 +29,9 @@ describe("rmem.Error", function()
     assert.is_true(rmem.is_error(e))
     assert.equal(rmem.Error, getmetatable(e))
     assert.equal("free", e.op)
-    assert.equal(487, e.code)
-    assert.equal("ERROR_INVALID_ADDRESS", e.name)
-    assert.equal(core.error_message(487), e.message)
+    assert.equal(helpers.code("ERROR_INVALID_ADDRESS"), e.code)
+    assert.equal(helpers.name("ERROR_INVALID_ADDRESS"), e.name)
+    assert.equal(core.error_message(e.code), e.message)
     assert.equal(t.pid, e.pid)
     assert.equal(r.address + PAGE, e.address)
     assert.is_nil(e.size)
@@ -30,9 +42,9 @@ describe("rmem.Error", function()
   it("reads as one line: free of a non-base address", function()
     local r <close> = p:alloc(2 * PAGE)
     local e = helpers.error_of(p.free, p, r.address + PAGE)
-    assert.equal(("rmem: free(pid %d, 0x%x) failed: ERROR_INVALID_ADDRESS (487): %s "
+    assert.equal(("rmem: free(pid %d, 0x%x) failed: %s "
       .. "Hint: free needs the base address that alloc returned (MEM_RELEASE releases "
-      .. "whole allocations only)."):format(t.pid, r.address + PAGE, core.error_message(487)),
+      .. "whole allocations only)."):format(t.pid, r.address + PAGE, os_part("ERROR_INVALID_ADDRESS")),
       tostring(e))
     assert.is_nil(tostring(e):find("\n"))
   end)
@@ -40,18 +52,21 @@ describe("rmem.Error", function()
   it("reads as one line: protect of reserved pages", function()
     local r <close> = p:alloc(PAGE, { commit = false })
     local e = helpers.error_of(p.protect, p, r.address, PAGE, "r")
-    assert.equal(("rmem: protect(pid %d, 0x%x, 4096 bytes) failed: ERROR_INVALID_ADDRESS (487): "
-      .. "%s Hint: protect needs committed pages inside one allocation: commit them first "
+    assert.equal(("rmem: protect(pid %d, 0x%x, 4096 bytes) failed: %s "
+      .. "Hint: protect needs committed pages inside one allocation: commit them first "
       .. "(reserved and free pages have no protection)."):format(t.pid, r.address,
-        core.error_message(487)), tostring(e))
+        os_part("ERROR_INVALID_ADDRESS")), tostring(e))
   end)
 
   it("reads as one line: a zero-size alloc", function()
     local e = helpers.error_of(p.alloc, p, 0)
-    assert.equal(("rmem: alloc(pid %d, 0 bytes) failed: ERROR_INVALID_PARAMETER (87): %s "
-      .. "Hint: the size must be positive, and the protection valid for the allocation "
-      .. "type (large pages need commit and a size that is a multiple of the large-page "
-      .. "size)."):format(t.pid, core.error_message(87)), tostring(e))
+    local hint = helpers.windows and "the size must be positive, and the protection valid for "
+      .. "the allocation type (large pages need commit and a size that is a multiple of the "
+      .. "large-page size)"
+      or "the size must be positive and the protection one of none, r, rw, x, rx, rwx (Linux "
+      .. "has no guard, nocache, writecombine, large-page or write-watch allocations)"
+    assert.equal(("rmem: alloc(pid %d, 0 bytes) failed: %s Hint: %s."):format(t.pid,
+      os_part("ERROR_INVALID_PARAMETER"), hint), tostring(e))
   end)
 
   it("reads as one line: a freed region", function()
@@ -66,9 +81,10 @@ describe("rmem.Error", function()
 
   it("reads as one line: a pid that does not exist", function()
     local e = helpers.error_of(rmem.open, 0x7FFFFFF0)
-    assert.equal(("rmem: open(pid %d) failed: ERROR_INVALID_PARAMETER (87): %s Hint: no "
+    local code = helpers.windows and 87 or 3 -- ERROR_INVALID_PARAMETER, ESRCH
+    assert.equal(("rmem: open(pid %d) failed: %s (%d): %s Hint: no "
       .. "process has this pid (it may have exited): rmem.processes() lists the running "
-      .. "ones."):format(0x7FFFFFF0, core.error_message(87)), tostring(e))
+      .. "ones."):format(0x7FFFFFF0, helpers.no_pid_name, code, text(code)), tostring(e))
   end)
 
   it("is_error tells rmem errors from others", function()
@@ -83,7 +99,7 @@ describe("rmem.Error", function()
     assert.equal("error 123456", e.name)
     assert.equal("odd", e.message)
     assert.is_nil(e.hint)
-    assert.equal("rmem: read() failed: error 123456 (123456): odd", tostring(e))
+    assert.equal("rmem: read() failed: error 123456 (123456): odd.", tostring(e))
   end)
 end)
 

@@ -18,14 +18,15 @@ local function run_example(name, ...)
 end
 
 describe("examples", function()
-  helpers.win_it("demo.lua walks one allocation's life in a target it starts", function()
-    local exe = helpers.root .. "/build/windows/bin/rmem-target.exe"
-    local out = run_example("demo.lua", exe)
-    assert.matches("opened rmem.Process%(pid %d+, rmem%-target%.exe, 64%-bit%)", out)
+  it("demo.lua walks one allocation's life in a target it starts", function()
+    local out = run_example("demo.lua", helpers.target_path)
+    assert.matches(("opened rmem.Process(pid %s, %s, 64-bit)"):format(out:match("pid (%d+)"),
+      helpers.target_name), out, 1, true)
     assert.matches("page 0: commit  rw   | page 1: commit  rw   | page 2: commit  rw   | page 3: reserve", out, 1, true)
     assert.matches('read back: "HELLO from rmem!"', out, 1, true)
     assert.matches("page 0: commit  r    | page 1: reserve -    | page 2: reserve -    | page 3: reserve", out, 1, true)
-    assert.matches("ERROR_INVALID_ADDRESS (487)", out, 1, true)
+    assert.matches(("%s (%d)"):format(helpers.name("ERROR_INVALID_ADDRESS"),
+      helpers.code("ERROR_INVALID_ADDRESS")), out, 1, true)
     assert.matches("state = free", out, 1, true)
     local pid = tonumber(out:match("target exited %(pid (%d+)%)"))
     local found = false

@@ -18,23 +18,59 @@ helpers.root = here:match("^(.*)[/\\]spec[/\\]helpers%.lua$") or "."
 local testproc = require "testproc"
 
 --- The executable names the specs see: the target's and the host's.
-helpers.target_name = "rmem-target.exe"
-helpers.host_name = "lua.exe"
+helpers.target_name = helpers.windows and "rmem-target.exe" or "rmem-target"
+helpers.host_name = helpers.windows and "lua.exe" or "lua5.4"
 
 --- Wine's version when the tests run under Wine, else nil: a few Win32
 -- behaviours differ there, and the specs that meet them say so.
 helpers.wine = testproc.wine_version()
 
-local function target_command()
-  local exe = helpers.root .. "/build/windows/bin/rmem-target.exe"
-  return '"' .. exe:gsub("/", "\\") .. '"'
+-- The Win32 error names the specs expect, and what the Linux backend gives
+-- for the same failure (the same meaning, errno-based codes).
+local linux_errors = {
+  ERROR_INVALID_PARAMETER = { "EINVAL", 22 },
+  ERROR_INVALID_ADDRESS = { "EFAULT", 14 },
+  ERROR_ACCESS_DENIED = { "EACCES", 13 },
+  ERROR_PARTIAL_COPY = { "EFAULT", 14 },
+  ERROR_NOACCESS = { "EFAULT", 14 },
+}
+local windows_codes = {
+  ERROR_INVALID_PARAMETER = 87, ERROR_INVALID_ADDRESS = 487, ERROR_ACCESS_DENIED = 5,
+  ERROR_PARTIAL_COPY = 299, ERROR_NOACCESS = 998,
+}
+
+--- This platform's name for a Win32 error name.
+function helpers.name(win_name)
+  return helpers.windows and win_name or linux_errors[win_name][1]
+end
+
+--- This platform's code for a Win32 error name.
+function helpers.code(win_name)
+  return helpers.windows and windows_codes[win_name] or linux_errors[win_name][2]
+end
+
+--- The error of a call on a process that has exited, and of opening a pid
+-- that does not exist.
+helpers.exited_name = helpers.windows and "ERROR_ACCESS_DENIED" or "ESRCH"
+helpers.no_pid_name = helpers.windows and "ERROR_INVALID_PARAMETER" or "ESRCH"
+
+--- The target program the tests build.
+helpers.target_path = helpers.windows and helpers.root .. "/build/windows/bin/rmem-target.exe"
+  or helpers.root .. "/build/linux/rmem-target"
+
+local function start(path)
+  if helpers.windows then
+    return testproc.start('"' .. path:gsub("/", "\\") .. '"')
+  end
+  return testproc.start(path)
 end
 
 --- Starts a target process and returns { pid = ..., stop = function }
 -- once the target has finished starting and is idle. On Windows it runs
--- in a job object that kills it when the test run ends.
+-- in a job object that kills it when the test run ends; on Linux it gets
+-- SIGKILL when the host dies.
 function helpers.start_target()
-  local proc = testproc.start(target_command())
+  local proc = start(helpers.target_path)
   local t = { pid = proc:pid() }
   function t.stop(_, code)
     proc:stop(code)

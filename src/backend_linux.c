@@ -268,10 +268,11 @@ rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count) {
   while ((ent = readdir(d)) != NULL) {
     char *end;
     unsigned long pid = strtoul(ent->d_name, &end, 10), ppid;
+    char state;
     if (*end != '\0' || pid == 0)
       continue;
-    if (stat_info((pid_t)pid, NULL, &ppid, NULL))
-      continue; /* exited meanwhile */
+    if (stat_info((pid_t)pid, &state, &ppid, NULL) || state == 'Z' || state == 'X')
+      continue; /* exited, maybe meanwhile */
     if (n < cap) {
       list[n].pid = pid;
       list[n].parent_pid = ppid;
@@ -326,7 +327,7 @@ rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n, size_t *d
 /* ---- protections ---------------------------------------------------------------- */
 
 static int prot_of(unsigned long protect, int *ok) {
-  *ok = 1;
+  *ok = (protect & ~0xFFUL) == 0; /* guard, nocache, writecombine: no Linux meaning */
   switch (protect & 0xFF) {
   case PAGE_NOACCESS: return PROT_NONE;
   case PAGE_READONLY: return PROT_READ;
@@ -684,6 +685,22 @@ rb_err rb_protect(rb_proc *p, uintptr_t addr, size_t size, unsigned long protect
   return 0;
 }
 
+/* Linux merges rmem's allocations with like neighbours into one mapping:
+ * a region that is not rmem's stops at the allocations around addr. */
+static void clip_to_allocs(const rb_proc *p, uintptr_t addr, rb_region *info) {
+  size_t i;
+  for (i = 0; i < p->nallocs; i++) {
+    uintptr_t lo = p->allocs[i].base, hi = lo + p->allocs[i].size;
+    uintptr_t end = info->base + info->size;
+    if (lo > addr && lo < end)
+      info->size = lo - info->base;
+    else if (hi <= addr && hi > info->base) {
+      info->size = end - hi;
+      info->base = hi;
+    }
+  }
+}
+
 rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info) {
   find_ctx c;
   alloc *a;
@@ -728,7 +745,8 @@ rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info) {
   }
   info->base = c.hit.lo;
   info->size = c.hit.hi - c.hit.lo;
-  info->allocation_base = c.hit.lo;
+  clip_to_allocs(p, addr, info);
+  info->allocation_base = info->base;
   info->protect = protect_of(c.hit.perms);
   /* a PROT_NONE anonymous mapping is how Linux programs reserve space */
   info->state = info->protect == PAGE_NOACCESS && !c.hit.file ? MEM_RESERVE : MEM_COMMIT;

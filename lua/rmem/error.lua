@@ -14,8 +14,16 @@ local FREE_NEEDS_BASE = "free needs the base address that alloc returned "
 local DECOMMIT_RANGE = "the range must lie inside one allocation; decommit(base, 0) "
   .. "decommits a whole allocation"
 
+local PROTECT_COMMITTED = "protect needs committed pages inside one allocation: "
+  .. "commit them first (reserved and free pages have no protection)"
+
 local hints = {
   open = {
+    ESRCH = "no process has this pid (it may have exited): rmem.processes() lists the running ones",
+    EACCES = "the process belongs to another user or is not dumpable: run as its user or "
+      .. "as root (CAP_SYS_PTRACE)",
+    EPERM = "the process belongs to another user or is not dumpable: run as its user or "
+      .. "as root (CAP_SYS_PTRACE)",
     ERROR_ACCESS_DENIED = "the process runs as another user or at a higher integrity level: "
       .. "run elevated, open it with less access ({ access = \"read\" }), or call "
       .. "rmem.enable_debug_privilege() first (administrators only)",
@@ -25,6 +33,9 @@ local hints = {
     AMBIGUOUS_NAME = "open one of them by pid: rmem.open(pid)",
   },
   alloc = {
+    EINVAL = "the size must be positive and the protection one of none, r, rw, x, rx, rwx "
+      .. "(Linux has no guard, nocache, writecombine, large-page or write-watch allocations)",
+    EEXIST = "the wanted address is already in use: leave opts.address out to let the system choose",
     ERROR_INVALID_PARAMETER = "the size must be positive, and the protection valid for "
       .. "the allocation type (large pages need commit and a size that is a multiple "
       .. "of the large-page size)",
@@ -33,6 +44,8 @@ local hints = {
     ERROR_PRIVILEGE_NOT_HELD = "large pages need SeLockMemoryPrivilege in the host's token",
   },
   commit = {
+    EFAULT = "commit needs pages inside a reservation that rmem made (p:alloc(size, "
+      .. "{ commit = false })): p:query(addr) shows what is there",
     ERROR_INVALID_ADDRESS = "commit needs pages inside a reservation (p:alloc(size, "
       .. "{ commit = false })): p:query(addr) shows what is there",
   },
@@ -40,34 +53,51 @@ local hints = {
     ERROR_INVALID_ADDRESS = "reset needs committed pages: p:query(addr) shows what is there",
   },
   free = {
+    EFAULT = FREE_NEEDS_BASE,
+    EINVAL = FREE_NEEDS_BASE,
     ERROR_INVALID_PARAMETER = FREE_NEEDS_BASE,
     ERROR_INVALID_ADDRESS = FREE_NEEDS_BASE,
   },
   decommit = {
+    EFAULT = DECOMMIT_RANGE .. " (on Linux, an allocation that rmem made)",
+    EINVAL = DECOMMIT_RANGE,
     ERROR_INVALID_PARAMETER = DECOMMIT_RANGE,
     ERROR_INVALID_ADDRESS = DECOMMIT_RANGE,
   },
   protect = {
-    ERROR_INVALID_ADDRESS = "protect needs committed pages inside one allocation: "
-      .. "commit them first (reserved and free pages have no protection)",
+    ERROR_INVALID_ADDRESS = PROTECT_COMMITTED,
+    EFAULT = PROTECT_COMMITTED,
+    EINVAL = "the protection must be one of none, r, rw, x, rx, rwx (Linux has no guard, "
+      .. "nocache or writecombine pages)",
     ERROR_INVALID_PARAMETER = "the protection is not valid for these pages "
       .. "(committed pages of one allocation, one PAGE_* value plus modifiers)",
   },
   query = {
+    EINVAL = "the address is above the highest user-mode address",
     ERROR_INVALID_PARAMETER = "the address is above the highest user-mode address",
   },
   read = {
+    EFAULT = "part of the range is not mapped, not committed or not readable: "
+      .. "p:query(addr) shows the page states",
     ERROR_PARTIAL_COPY = "part of the range is not committed or not readable: "
       .. "p:query(addr) shows the page states",
     ERROR_NOACCESS = "the pages are not readable: p:query(addr) shows their protection",
   },
   write = {
+    EFAULT = "part of the range is not mapped or not writable: p:write(addr, bytes, "
+      .. "{ force = true }) makes read-only pages writable for the write",
     ERROR_PARTIAL_COPY = "part of the range is not committed or not writable: "
       .. "p:query(addr) shows the page states",
     ERROR_NOACCESS = "the pages are read-only or not accessible: "
       .. "p:write(addr, bytes, { force = true }) makes them writable for the write",
   },
   ["*"] = {
+    EACCES = "the handle lacks the access right for this operation "
+      .. "(opened with { access = \"read\" }?)",
+    ESRCH = "the process has exited",
+    EPERM = "ptrace was refused: the process is traced by a debugger, belongs to another "
+      .. "user, is not dumpable, or Yama's ptrace_scope forbids it",
+    ENOSYS = "Linux has no such operation",
     ERROR_ACCESS_DENIED = "the handle lacks the access right for this operation "
       .. "(opened with { access = \"read\" }?)",
     ERROR_INVALID_HANDLE = "the process handle is no longer valid",
@@ -112,8 +142,10 @@ function Error:__tostring()
   if self.address then args[#args + 1] = hex(self.address) end
   if self.size then args[#args + 1] = self.size .. " bytes" end
   local what = self.code and ("%s (%d)"):format(self.name, self.code) or self.name
+  -- Windows' texts end with a period, strerror's do not
+  local message = self.message:match("[.!?]$") and self.message or self.message .. "."
   local s = ("rmem: %s(%s) failed: %s: %s"):format(self.op, table.concat(args, ", "),
-    what, self.message)
+    what, message)
   if self.hint then s = s .. " Hint: " .. self.hint .. "." end
   return s
 end

@@ -1,0 +1,181 @@
+/*
+ * testproc: starts and stops the target processes the specs work on, on
+ * Linux. Every target gets PR_SET_PDEATHSIG(SIGKILL), so it dies with the
+ * host even after a failure, and a pipe on its standard input for commands.
+ *
+ *   local t = testproc.start(path [, arg...])  -- returns once the target is ready
+ *   t:pid()  t:stop([exit_code])   -- stop waits until it has exited (not reaped,
+ *                                   -- so its exit code stays knowable); idempotent
+ *   t:send(line)                   -- a line on the target's standard input
+ *   testproc.wine_version()        -- nil: not under Wine
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#define TARGET_META "testproc.target"
+
+typedef struct target {
+  pid_t pid;    /* 0 once reaped */
+  int input;    /* the write end of its standard input, -1 once closed */
+  int stopped;
+} target;
+
+static int tp_start(lua_State *L) {
+  int n = lua_gettop(L), i, ready[2], input[2];
+  const char **argv;
+  char fdarg[16], buf[16];
+  struct pollfd pfd;
+  target *t;
+  pid_t parent = getpid(), pid;
+  ssize_t got;
+  luaL_checkstring(L, 1);
+  argv = (const char **)lua_newuserdatauv(L, (size_t)(n + 4) * sizeof *argv, 0);
+  for (i = 0; i < n; i++)
+    argv[i] = luaL_checkstring(L, i + 1);
+  t = (target *)lua_newuserdatauv(L, sizeof *t, 0);
+  t->pid = 0;
+  t->input = -1;
+  t->stopped = 1;
+  luaL_setmetatable(L, TARGET_META);
+  if (pipe2(ready, O_CLOEXEC))
+    return luaL_error(L, "testproc: pipe failed: %s", strerror(errno));
+  if (pipe2(input, O_CLOEXEC)) {
+    close(ready[0]);
+    close(ready[1]);
+    return luaL_error(L, "testproc: pipe failed: %s", strerror(errno));
+  }
+  snprintf(fdarg, sizeof fdarg, "%d", ready[1]);
+  argv[n] = "--ready-fd";
+  argv[n + 1] = fdarg;
+  argv[n + 2] = "--until-eof";
+  argv[n + 3] = NULL;
+  pid = fork();
+  if (pid == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+      _exit(127); /* the host died before prctl */
+    dup2(input[0], 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    fcntl(ready[1], F_SETFD, 0); /* the ready pipe survives exec */
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  close(ready[1]);
+  close(input[0]);
+  if (pid < 0) {
+    close(ready[0]);
+    close(input[1]);
+    return luaL_error(L, "testproc: fork failed: %s", strerror(errno));
+  }
+  t->pid = pid;
+  t->input = input[1];
+  t->stopped = 0;
+  pfd.fd = ready[0];
+  pfd.events = POLLIN;
+  got = poll(&pfd, 1, 20000) == 1 ? read(ready[0], buf, sizeof buf) : -1;
+  close(ready[0]);
+  if (got != 6)
+    return luaL_error(L, "testproc: %s did not get ready", argv[0]);
+  return 1;
+}
+
+static target *check_target(lua_State *L) {
+  return (target *)luaL_checkudata(L, 1, TARGET_META);
+}
+
+static int tp_pid(lua_State *L) {
+  lua_pushinteger(L, check_target(L)->pid);
+  return 1;
+}
+
+static int tp_send(lua_State *L) {
+  target *t = check_target(L);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  lua_pushboolean(L, t->input >= 0 && write(t->input, s, n) == (ssize_t)n);
+  return 1;
+}
+
+/* Asks the target to exit with the code (1 by default), kills it if it
+ * does not within 5 s, and waits until it has exited, leaving it unreaped. */
+static int tp_stop(lua_State *L) {
+  target *t = check_target(L);
+  int code = (int)luaL_optinteger(L, 2, 1), i;
+  siginfo_t si;
+  if (t->stopped)
+    return 0;
+  t->stopped = 1;
+  if (t->input >= 0) {
+    char line[32];
+    int len = snprintf(line, sizeof line, "exit %d\n", code);
+    if (write(t->input, line, (size_t)len) != len)
+      kill(t->pid, SIGKILL);
+  }
+  for (i = 0; i < 500; i++) {
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PID, (id_t)t->pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid == t->pid)
+      return 0;
+    usleep(10000);
+  }
+  kill(t->pid, SIGKILL);
+  waitid(P_PID, (id_t)t->pid, &si, WEXITED | WNOWAIT);
+  return 0;
+}
+
+static int tp_gc(lua_State *L) {
+  target *t = check_target(L);
+  if (t->pid > 0) {
+    if (!t->stopped)
+      kill(t->pid, SIGKILL);
+    waitpid(t->pid, NULL, 0);
+    t->pid = 0;
+  }
+  if (t->input >= 0) {
+    close(t->input);
+    t->input = -1;
+  }
+  return 0;
+}
+
+static int tp_wine_version(lua_State *L) {
+  lua_pushnil(L);
+  return 1;
+}
+
+static const luaL_Reg funcs[] = {
+  {"start", tp_start},
+  {"wine_version", tp_wine_version},
+  {NULL, NULL}
+};
+
+static const luaL_Reg methods[] = {
+  {"pid", tp_pid},
+  {"send", tp_send},
+  {"stop", tp_stop},
+  {NULL, NULL}
+};
+
+int luaopen_testproc(lua_State *L) {
+  luaL_newmetatable(L, TARGET_META);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, tp_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  return 1;
+}
