@@ -40,7 +40,8 @@ test:
 	  lrc=$$?; scripts/run-specs windows scripts/busted-windows spec; \
 	  wrc=$$?; scripts/wine-stop; [ $$lrc -eq 0 ] && [ $$wrc -eq 0 ]
 
-linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target
+linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target \
+	$(LIN)/rmem-target32
 
 $(LIN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
 	@mkdir -p $(@D)
@@ -54,7 +55,11 @@ $(LIN_ASAN)/testproc.so: spec/support/testproc_linux.c
 	$(LIN_SO) $(SAN) -o $@ $<
 
 $(LIN)/rmem-target: examples/target.c
-	gcc $(CFLAGS) -D_POSIX_C_SOURCE=200809L -o $@ $<
+	gcc $(CFLAGS) -D_POSIX_C_SOURCE=200809L -pthread -o $@ $<
+
+# a 32-bit target, for the ia32 injection path (gcc-multilib)
+$(LIN)/rmem-target32: examples/target.c
+	gcc -m32 $(CFLAGS) -D_POSIX_C_SOURCE=200809L -pthread -o $@ $<
 
 windows: $(WIN)/lib/rmem/core.dll $(WIN)/lib/testproc.dll $(WIN)/bin/rmem-target.exe
 

@@ -2,11 +2,14 @@
  * A small program to experiment on: it starts, says it is ready, and then
  * does nothing, so whatever changes in its memory was done from outside.
  *
- *   rmem-target [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--until-eof]
+ *   rmem-target [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N]
+ *               [--until-eof]
  *
  * --ready-event NAME  Windows: set the named event once started (the test helper)
  * --ready-fd N        POSIX: write "ready\n" to descriptor N and close it (the test helper)
  * --pid-file PATH     write the pid to PATH once started (the demo)
+ * --threads N         POSIX: start N more threads, the first busy, the others
+ *                     sleeping in a loop (for the injection specs)
  * --until-eof         read commands from standard input: "exit N" exits with
  *                     code N, end of input exits 0; otherwise idle until killed
  */
@@ -17,7 +20,25 @@
 #include <windows.h>
 #define getpid() GetCurrentProcessId()
 #else
+#include <pthread.h>
+#include <time.h>
 #include <unistd.h>
+
+static void *busy(void *arg) {
+  volatile unsigned long n = 0;
+  (void)arg;
+  for (;;)
+    n++;
+  return NULL;
+}
+
+static void *sleeper(void *arg) {
+  struct timespec ts = {0, 1000000};
+  (void)arg;
+  for (;;)
+    nanosleep(&ts, NULL);
+  return NULL;
+}
 #endif
 
 int main(int argc, char **argv) {
@@ -38,6 +59,13 @@ int main(int argc, char **argv) {
         return 3;
       CloseHandle(ev);
 #else
+    } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      int n = atoi(argv[++i]), t;
+      for (t = 0; t < n; t++) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, t == 0 ? busy : sleeper, NULL) != 0)
+          return 4;
+      }
     } else if (strcmp(argv[i], "--ready-fd") == 0 && i + 1 < argc) {
       int fd = atoi(argv[++i]);
       if (write(fd, "ready\n", 6) != 6)

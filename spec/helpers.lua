@@ -58,20 +58,26 @@ helpers.no_pid_name = helpers.windows and "ERROR_INVALID_PARAMETER" or "ESRCH"
 helpers.target_path = helpers.windows and helpers.root .. "/build/windows/bin/rmem-target.exe"
   or helpers.root .. "/build/linux/rmem-target"
 
-local function start(path)
+local function start(path, opts)
   if helpers.windows then
     return testproc.start('"' .. path:gsub("/", "\\") .. '"')
   end
+  if opts.threads then return testproc.start(path, "--threads", tostring(opts.threads)) end
   return testproc.start(path)
 end
 
 --- Starts a target process and returns { pid = ..., stop = function }
 -- once the target has finished starting and is idle. On Windows it runs
 -- in a job object that kills it when the test run ends; on Linux it gets
--- SIGKILL when the host dies.
-function helpers.start_target()
-  local proc = start(helpers.target_path)
-  local t = { pid = proc:pid() }
+-- SIGKILL when the host dies. opts (Linux): bits = 32 for the 32-bit
+-- target, threads = N for N more threads. On Linux the object also has
+-- proc, testproc's own handle (send, wait, trace, untrace).
+function helpers.start_target(opts)
+  opts = opts or {}
+  local path = opts.bits == 32 and helpers.root .. "/build/linux/rmem-target32"
+    or helpers.target_path
+  local proc = start(path, opts)
+  local t = { pid = proc:pid(), proc = proc }
   function t.stop(_, code)
     proc:stop(code)
   end

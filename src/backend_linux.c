@@ -502,8 +502,14 @@ static rb_err run_calls(rb_proc *p, calls *cs) {
         c->ret = -errno;
     }
   } else {
-    if ((e = check_same(p)))
+    char status[4096];
+    const char *seccomp;
+    if ((e = check_same(p)) || (e = read_proc(p->pid, "status", status, sizeof status)))
       return e;
+    /* a seccomp filter applies to injected calls too; one rule may kill it */
+    seccomp = strstr(status, "Seccomp:");
+    if (seccomp && strtol(seccomp + 8, NULL, 10) != 0)
+      return EPERM;
     e = rb_inject(p->pid, cs->is32, cs->c, cs->n);
     if (e)
       return e == ESRCH || check_same(p) ? ESRCH : e;

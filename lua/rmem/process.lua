@@ -24,11 +24,42 @@ local function page_up(n)
   return (n + page - 1) // page * page
 end
 
-local function hint_exited(p, e)
+local function read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Linux refuses ptrace with EPERM for several reasons: say which it is.
+local function ptrace_cause(pid)
+  local status = read_file("/proc/" .. pid .. "/status") or ""
+  local tracer = tonumber(status:match("TracerPid:%s*(%d+)"))
+  if tracer and tracer ~= 0 then
+    return ("the process is already traced by pid %d (a debugger?): detach it first; "
+      .. "read, write and query still work"):format(tracer)
+  end
+  local seccomp = tonumber(status:match("Seccomp:%s*(%d+)"))
+  if seccomp and seccomp ~= 0 then
+    return "the process runs under a seccomp filter, which would apply to the injected "
+      .. "system calls: rmem does not inject into it"
+  end
+  local scope = tonumber(read_file("/proc/sys/kernel/yama/ptrace_scope"))
+  if scope and scope > 0 then
+    return ("Yama's ptrace_scope is %d: only descendants (or, with 1, processes that "
+      .. "allow it) can be traced; run as root or set kernel.yama.ptrace_scope=0"):format(scope)
+  end
+  return nil
+end
+
+local function refine_hint(p, e)
   -- Any failure may really be the target having gone: say so when it has.
   local h = p._h
   if h and h:is_alive() == false then
     e.hint = ("the process has exited (exit code %s)"):format(tostring(h:exit_code()))
+  elseif e.name == "EPERM" then
+    e.hint = ptrace_cause(p.pid) or e.hint
   end
   return e
 end
@@ -37,7 +68,7 @@ end
 local function fail(p, op, msg, code, address, size, extra)
   local fields = extra or {}
   fields.pid, fields.address, fields.size = p.pid, address, size
-  error(hint_exited(p, Error.from_os(op, msg, code, fields)), 0)
+  error(refine_hint(p, Error.from_os(op, msg, code, fields)), 0)
 end
 
 --- The core handle, or the closed-process error.

@@ -7,6 +7,8 @@
  *   t:pid()  t:stop([exit_code])   -- stop waits until it has exited (not reaped,
  *                                   -- so its exit code stays knowable); idempotent
  *   t:send(line)                   -- a line on the target's standard input
+ *   t:wait([timeout_ms])           -- its exit code once it exits (nil on timeout)
+ *   t:trace()  t:untrace()         -- a tracer process holds it with PTRACE_SEIZE
  *   testproc.wine_version()        -- nil: not under Wine
  */
 #define _GNU_SOURCE
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +33,7 @@ typedef struct target {
   pid_t pid;    /* 0 once reaped */
   int input;    /* the write end of its standard input, -1 once closed */
   int stopped;
+  pid_t tracer; /* 0 if none */
 } target;
 
 static int tp_start(lua_State *L) {
@@ -48,6 +52,7 @@ static int tp_start(lua_State *L) {
   t->pid = 0;
   t->input = -1;
   t->stopped = 1;
+  t->tracer = 0;
   luaL_setmetatable(L, TARGET_META);
   if (pipe2(ready, O_CLOEXEC))
     return luaL_error(L, "testproc: pipe failed: %s", strerror(errno));
@@ -110,6 +115,75 @@ static int tp_send(lua_State *L) {
   return 1;
 }
 
+/* The exit status as a code: exit(N) -> N, a signal -> 128 + signal. */
+static int exit_code(const siginfo_t *si) {
+  return si->si_code == CLD_EXITED ? si->si_status : 128 + si->si_status;
+}
+
+static int tp_wait(lua_State *L) {
+  target *t = check_target(L);
+  int timeout = (int)luaL_optinteger(L, 2, 5000), i;
+  siginfo_t si;
+  for (i = 0; i <= timeout / 10; i++) {
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PID, (id_t)t->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == t->pid) {
+      t->stopped = 1;
+      lua_pushinteger(L, exit_code(&si));
+      return 1;
+    }
+    usleep(10000);
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+static void untrace(target *t) {
+  if (t->tracer > 0) {
+    kill(t->tracer, SIGKILL);
+    waitpid(t->tracer, NULL, 0);
+    t->tracer = 0;
+  }
+}
+
+/* Another process traces the target (as a debugger would), without
+ * stopping it; returns the tracer's pid once the target is traced. */
+static int tp_trace(lua_State *L) {
+  target *t = check_target(L);
+  int sync[2];
+  char c = 0;
+  pid_t tracer;
+  untrace(t);
+  if (pipe2(sync, O_CLOEXEC))
+    return luaL_error(L, "testproc: pipe failed: %s", strerror(errno));
+  tracer = fork();
+  if (tracer == 0) {
+    char ok = ptrace(PTRACE_SEIZE, t->pid, 0, 0) == 0 ? 'y' : 'n';
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (write(sync[1], &ok, 1) != 1)
+      _exit(1);
+    for (;;)
+      pause();
+  }
+  close(sync[1]);
+  if (tracer < 0 || read(sync[0], &c, 1) != 1 || c != 'y') {
+    close(sync[0]);
+    if (tracer > 0) {
+      kill(tracer, SIGKILL);
+      waitpid(tracer, NULL, 0);
+    }
+    return luaL_error(L, "testproc: could not trace %d", (int)t->pid);
+  }
+  close(sync[0]);
+  t->tracer = tracer;
+  lua_pushinteger(L, tracer);
+  return 1;
+}
+
+static int tp_untrace(lua_State *L) {
+  untrace(check_target(L));
+  return 0;
+}
+
 /* Asks the target to exit with the code (1 by default), kills it if it
  * does not within 5 s, and waits until it has exited, leaving it unreaped. */
 static int tp_stop(lua_State *L) {
@@ -119,6 +193,7 @@ static int tp_stop(lua_State *L) {
   if (t->stopped)
     return 0;
   t->stopped = 1;
+  untrace(t);
   if (t->input >= 0) {
     char line[32];
     int len = snprintf(line, sizeof line, "exit %d\n", code);
@@ -138,6 +213,7 @@ static int tp_stop(lua_State *L) {
 
 static int tp_gc(lua_State *L) {
   target *t = check_target(L);
+  untrace(t);
   if (t->pid > 0) {
     if (!t->stopped)
       kill(t->pid, SIGKILL);
@@ -165,6 +241,9 @@ static const luaL_Reg funcs[] = {
 static const luaL_Reg methods[] = {
   {"pid", tp_pid},
   {"send", tp_send},
+  {"wait", tp_wait},
+  {"trace", tp_trace},
+  {"untrace", tp_untrace},
   {"stop", tp_stop},
   {NULL, NULL}
 };
