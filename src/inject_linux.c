@@ -3,7 +3,8 @@
  *
  * The host forks a helper for each batch: the helper is the tracer, so the
  * host never gets ptrace stops or their SIGCHLDs and waits for nothing but
- * that helper's pid. The helper blocks every signal it can and leaves the
+ * that helper's pid. The helper is created with no exit signal at all, so
+ * the host does not even get a SIGCHLD for it. The helper blocks every signal it can and leaves the
  * host's process group, so a Ctrl-C or a killed host never interrupts it
  * halfway: it always restores the target's registers and signal mask before
  * it exits. It calls nothing that allocates (it is a fork of a possibly
@@ -326,7 +327,8 @@ rb_err rb_inject(pid_t pid, int is32, rb_inject_call *calls, int n) {
   s.syscall_step = ignores_sigtrap(s.tid);
   if (pipe2(fds, O_CLOEXEC))
     return (rb_err)errno;
-  child = fork();
+  /* fork() without SIGCHLD: clone with exit signal 0, waited for with __WALL */
+  child = (pid_t)syscall(SYS_clone, 0UL, NULL, NULL, NULL, NULL);
   if (child < 0) {
     e = (rb_err)errno;
     close(fds[0]);
@@ -342,7 +344,7 @@ rb_err rb_inject(pid_t pid, int is32, rb_inject_call *calls, int n) {
   if (!e && r.ran > 0)
     e = read_all(fds[0], calls, (size_t)r.ran * sizeof *calls);
   close(fds[0]);
-  while (waitpid(child, &st, 0) < 0 && errno == EINTR)
+  while (waitpid(child, &st, __WALL) < 0 && errno == EINTR)
     ;
   if (e)
     return e;
