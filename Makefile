@@ -36,6 +36,7 @@ demo-windows:
 test:
 	@scripts/bootstrap
 	@$(MAKE) -s lint
+	@scripts/check-rock
 	@scripts/run-specs linux scripts/busted-linux spec; \
 	  lrc=$$?; scripts/run-specs windows scripts/busted-windows spec; \
 	  wrc=$$?; scripts/wine-stop; [ $$lrc -eq 0 ] && [ $$wrc -eq 0 ]

@@ -11,7 +11,8 @@ description = {
   detailed = [[
 rmem lets Lua scripts allocate, commit, decommit, release, protect, query,
 read and write the memory of another process (VirtualAllocEx / VirtualFreeEx
-and friends on Windows), with region objects that release themselves exactly
+and friends on Windows; process_vm_readv and ptrace-injected mmap/mprotect/munmap
+on Linux), with region objects that release themselves exactly
 once and errors that say what went wrong and what to do.]],
   license = "MIT",
   labels = { "memory", "process", "windows", "modding" },
@@ -21,7 +22,7 @@ dependencies = {
   "lua >= 5.4, < 5.5",
 }
 
-supported_platforms = { "windows" }
+supported_platforms = { "windows", "linux" }
 
 -- The whole modules table for one platform: LuaRocks merges platform
 -- overrides key by key, so a per-platform `sources` list would be replaced
@@ -31,6 +32,10 @@ local function make_platform(plat)
     windows = {
       sources = { "src/core.c", "src/backend_win.c" },
       libraries = { "kernel32", "advapi32" },
+      incdirs = { "src" },
+    },
+    linux = {
+      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c" },
       incdirs = { "src" },
     },
   }
@@ -47,11 +52,13 @@ local function make_platform(plat)
   }
 end
 
+-- No top-level modules: an override would be merged into it key by key and
+-- leave one platform's sources and libraries in the other's build.
 build = {
   type = "builtin",
-  modules = make_platform("windows").modules,
   platforms = {
     windows = make_platform("windows"),
+    linux = make_platform("linux"),
   },
   copy_directories = { "examples" },
 }

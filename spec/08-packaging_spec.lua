@@ -37,11 +37,16 @@ describe("rmem-scm-1.rockspec", function()
     end
   end)
 
-  it("builds rmem.core from sources that exist", function()
-    local core = spec.build.platforms.windows.modules["rmem.core"]
-    assert.same(core, spec.build.modules["rmem.core"])
-    for _, src in ipairs(core.sources) do
-      assert.is_table(lfs.attributes(helpers.root .. "/" .. src), src)
+  it("builds rmem.core from sources that exist, one backend per platform", function()
+    assert.is_nil(spec.build.modules) -- platform overrides merge into it key by key
+    assert.same({ "windows", "linux" }, spec.supported_platforms)
+    for plat, backend in pairs { windows = "src/backend_win.c", linux = "src/backend_linux.c" } do
+      local core = spec.build.platforms[plat].modules["rmem.core"]
+      assert.equal("src/core.c", core.sources[1])
+      assert.equal(backend, core.sources[2])
+      for _, src in ipairs(core.sources) do
+        assert.is_table(lfs.attributes(helpers.root .. "/" .. src), src)
+      end
     end
   end)
 end)
