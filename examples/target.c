@@ -3,13 +3,14 @@
  * does nothing, so whatever changes in its memory was done from outside.
  *
  *   rmem-target [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N]
- *               [--until-eof]
+ *               [--seccomp] [--until-eof]
  *
  * --ready-event NAME  Windows: set the named event once started (the test helper)
  * --ready-fd N        POSIX: write "ready\n" to descriptor N and close it (the test helper)
  * --pid-file PATH     write the pid to PATH once started (the demo)
  * --threads N         POSIX: start N more threads, the first busy, the others
  *                     sleeping in a loop (for the injection specs)
+ * --seccomp           Linux: run under an allow-all seccomp filter
  * --until-eof         read commands from standard input: "exit N" exits with
  *                     code N, end of input exits 0; otherwise idle until killed
  */
@@ -23,6 +24,17 @@
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+
+static int allow_all_seccomp(void) {
+  struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+  struct sock_fprog prog = {1, &allow};
+  return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+#endif
 
 static void *busy(void *arg) {
   volatile unsigned long n = 0;
@@ -66,6 +78,11 @@ int main(int argc, char **argv) {
         if (pthread_create(&th, NULL, t == 0 ? busy : sleeper, NULL) != 0)
           return 4;
       }
+#ifdef __linux__
+    } else if (strcmp(argv[i], "--seccomp") == 0) {
+      if (allow_all_seccomp())
+        return 5;
+#endif
     } else if (strcmp(argv[i], "--ready-fd") == 0 && i + 1 < argc) {
       int fd = atoi(argv[++i]);
       if (write(fd, "ready\n", 6) != 6)

@@ -16,6 +16,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)$")
 helpers.root = here:match("^(.*)[/\\]spec[/\\]helpers%.lua$") or "."
 
 local testproc = require "testproc"
+helpers.testproc = testproc
 
 --- The executable names the specs see: the target's and the host's.
 helpers.target_name = helpers.windows and "rmem-target.exe" or "rmem-target"
@@ -62,15 +63,18 @@ local function start(path, opts)
   if helpers.windows then
     return testproc.start('"' .. path:gsub("/", "\\") .. '"')
   end
-  if opts.threads then return testproc.start(path, "--threads", tostring(opts.threads)) end
-  return testproc.start(path)
+  local args = {}
+  if opts.threads then args = { "--threads", tostring(opts.threads) } end
+  if opts.seccomp then args[#args + 1] = "--seccomp" end
+  return testproc.start(path, table.unpack(args))
 end
 
 --- Starts a target process and returns { pid = ..., stop = function }
 -- once the target has finished starting and is idle. On Windows it runs
 -- in a job object that kills it when the test run ends; on Linux it gets
 -- SIGKILL when the host dies. opts (Linux): bits = 32 for the 32-bit
--- target, threads = N for N more threads. On Linux the object also has
+-- target, threads = N for N more threads, seccomp = true for a target
+-- under a seccomp filter. On Linux the object also has
 -- proc, testproc's own handle (send, wait, trace, untrace).
 function helpers.start_target(opts)
   opts = opts or {}

@@ -9,6 +9,8 @@
  *   t:send(line)                   -- a line on the target's standard input
  *   t:wait([timeout_ms])           -- its exit code once it exits (nil on timeout)
  *   t:trace()  t:untrace()         -- a tracer process holds it with PTRACE_SEIZE
+ *   testproc.count_sigchld(on)     -- counts the host's SIGCHLDs from now (on) or stops
+ *   testproc.sigchld_count()       -- how many arrived while counting
  *   testproc.wine_version()        -- nil: not under Wine
  */
 #define _GNU_SOURCE
@@ -227,6 +229,29 @@ static int tp_gc(lua_State *L) {
   return 0;
 }
 
+static volatile sig_atomic_t sigchlds;
+
+static void on_sigchld(int sig) {
+  (void)sig;
+  sigchlds++;
+}
+
+static int tp_count_sigchld(lua_State *L) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = lua_toboolean(L, 1) ? on_sigchld : SIG_DFL;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigchlds = 0;
+  sigaction(SIGCHLD, &sa, NULL);
+  return 0;
+}
+
+static int tp_sigchld_count(lua_State *L) {
+  lua_pushinteger(L, sigchlds);
+  return 1;
+}
+
 static int tp_wine_version(lua_State *L) {
   lua_pushnil(L);
   return 1;
@@ -234,6 +259,8 @@ static int tp_wine_version(lua_State *L) {
 
 static const luaL_Reg funcs[] = {
   {"start", tp_start},
+  {"count_sigchld", tp_count_sigchld},
+  {"sigchld_count", tp_sigchld_count},
   {"wine_version", tp_wine_version},
   {NULL, NULL}
 };
