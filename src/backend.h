@@ -74,7 +74,12 @@ rb_err rb_enable_debug_privilege(void);
 
 /* The OS's text for an error code, without a trailing newline. */
 void rb_message(rb_err code, char *buf, size_t n);
-/* The symbolic name of an error code ("ERROR_ACCESS_DENIED"), or NULL. */
-const char *rb_error_name(rb_err code);
+/* The symbolic names of the error codes this platform gives
+ * ("ERROR_ACCESS_DENIED", "EPERM"); ends with {0, NULL}. */
+typedef struct rb_error_entry {
+  rb_err code;
+  const char *name;
+} rb_error_entry;
+extern const rb_error_entry rb_error_names[];
 
 #endif

@@ -779,10 +779,7 @@ void rb_message(rb_err code, char *buf, size_t n) {
   snprintf(buf, n, "%s", s);
 }
 
-static const struct {
-  rb_err code;
-  const char *name;
-} error_names[] = {
+const rb_error_entry rb_error_names[] = {
   {EPERM, "EPERM"}, {ENOENT, "ENOENT"}, {ESRCH, "ESRCH"}, {EINTR, "EINTR"},
   {EIO, "EIO"}, {E2BIG, "E2BIG"}, {ECHILD, "ECHILD"}, {EAGAIN, "EAGAIN"},
   {ENOMEM, "ENOMEM"}, {EACCES, "EACCES"}, {EFAULT, "EFAULT"}, {EBUSY, "EBUSY"},
@@ -790,11 +787,3 @@ static const struct {
   {EPROTO, "EPROTO"}, {EOVERFLOW, "EOVERFLOW"}, {ENOTSUP, "ENOTSUP"},
   {0, NULL}
 };
-
-const char *rb_error_name(rb_err code) {
-  int i;
-  for (i = 0; error_names[i].name != NULL; i++)
-    if (error_names[i].code == code)
-      return error_names[i].name;
-  return NULL;
-}

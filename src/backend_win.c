@@ -241,10 +241,7 @@ void rb_message(rb_err code, char *buf, size_t n) {
   to_utf8(w, buf, n);
 }
 
-static const struct {
-  rb_err code;
-  const char *name;
-} error_names[] = {
+const rb_error_entry rb_error_names[] = {
   {ERROR_INVALID_FUNCTION, "ERROR_INVALID_FUNCTION"},
   {ERROR_FILE_NOT_FOUND, "ERROR_FILE_NOT_FOUND"},
   {ERROR_PATH_NOT_FOUND, "ERROR_PATH_NOT_FOUND"},
@@ -272,11 +269,3 @@ static const struct {
   {ERROR_COMMITMENT_LIMIT, "ERROR_COMMITMENT_LIMIT"},
   {0, NULL}
 };
-
-const char *rb_error_name(rb_err code) {
-  int i;
-  for (i = 0; error_names[i].name != NULL; i++)
-    if (error_names[i].code == code)
-      return error_names[i].name;
-  return NULL;
-}

@@ -126,12 +126,25 @@ static int h_name(lua_State *L) {
   return 1;
 }
 
-static int h_is_alive(lua_State *L) {
-  int alive, known;
-  unsigned long code;
-  rb_err e = rb_status(check_proc(L), &alive, &code, &known);
+/* The process's status into *alive and *code (nil: still running, or an
+ * exit code the OS cannot tell); on failure, pushes nil, msg, code. */
+static int get_status(lua_State *L, const char *op, int *alive, int *has_code,
+                      lua_Integer *code) {
+  unsigned long c;
+  int known;
+  rb_err e = rb_status(check_proc(L), alive, &c, &known);
   if (e)
-    return os_fail(L, "is_alive", e);
+    return os_fail(L, op, e);
+  *has_code = !*alive && known;
+  *code = (lua_Integer)c;
+  return 0;
+}
+
+static int h_is_alive(lua_State *L) {
+  int alive, has_code;
+  lua_Integer code;
+  if (get_status(L, "is_alive", &alive, &has_code, &code))
+    return 3;
   lua_pushboolean(L, alive);
   return 1;
 }
@@ -139,15 +152,14 @@ static int h_is_alive(lua_State *L) {
 /* h:exit_code() -> the code, or nil while the process runs (or where the
  * OS cannot tell it) */
 static int h_exit_code(lua_State *L) {
-  int alive, known;
-  unsigned long code;
-  rb_err e = rb_status(check_proc(L), &alive, &code, &known);
-  if (e)
-    return os_fail(L, "exit_code", e);
-  if (alive || !known)
-    lua_pushnil(L);
+  int alive, has_code;
+  lua_Integer code;
+  if (get_status(L, "exit_code", &alive, &has_code, &code))
+    return 3;
+  if (has_code)
+    lua_pushinteger(L, code);
   else
-    lua_pushinteger(L, (lua_Integer)code);
+    lua_pushnil(L);
   return 1;
 }
 
@@ -325,11 +337,13 @@ static int core_enable_debug_privilege(lua_State *L) {
 /* core.error_name(code) -> "ERROR_ACCESS_DENIED" or nil */
 static int core_error_name(lua_State *L) {
   lua_Integer code = luaL_checkinteger(L, 1);
-  const char *name = code >= 0 && code <= 0xFFFFFFFF ? rb_error_name((rb_err)code) : NULL;
-  if (name == NULL)
-    lua_pushnil(L);
-  else
-    lua_pushstring(L, name);
+  const rb_error_entry *e;
+  for (e = rb_error_names; e->name != NULL; e++)
+    if ((lua_Integer)e->code == code) {
+      lua_pushstring(L, e->name);
+      return 1;
+    }
+  lua_pushnil(L);
   return 1;
 }
 
