@@ -42,6 +42,25 @@ describe("rmem memory operations", function()
       assert.equal("in committed memory", r:read(PAGE, 19))
     end)
 
+    it("commits a range of 150 alternating runs in one call, keeping committed contents", function()
+      local n = 300
+      local r <close> = p:alloc(n * PAGE, { commit = false })
+      for i = 0, n - 1, 2 do
+        r:commit(i * PAGE, PAGE)
+        r:write(i * PAGE, "page " .. i)
+      end
+      r:commit(0, n * PAGE)
+      local states = helpers.page_states(p, r.address, n * PAGE)
+      for i = 1, n do assert.equal("commit", states[i]) end
+      for i = 0, n - 1 do
+        local want = i % 2 == 0 and ("page " .. i) or ("\0"):rep(#("page " .. i))
+        assert.equal(want, r:read(i * PAGE, #want))
+      end
+      r:decommit(0, n * PAGE)
+      assert.equal("reserve", r:query(0).state)
+      assert.equal(n * PAGE, r:query(0).size)
+    end)
+
     it("uses the protection asked for", function()
       local r <close> = p:alloc(PAGE, { protect = "rx" })
       assert.equal("rx", r:query().protect)

@@ -467,8 +467,10 @@ static void drop_alloc(rb_proc *p, alloc *a) {
 
 /* ---- system calls in the target ------------------------------------------------------ */
 
+#define CALLS_MAX 64 /* system calls in one ptrace session */
+
 typedef struct calls {
-  rb_inject_call c[64];
+  rb_inject_call c[CALLS_MAX];
   int n;
   int is32;
 } calls;
@@ -525,30 +527,40 @@ static void init_calls(rb_proc *p, calls *cs) {
   cs->is32 = p->bits == 32;
 }
 
-/* Queues the calls that bring the pages [lo, hi) of a to state `commit`
- * (and protection prot if committing), run by run. */
-static void queue_state(calls *cs, alloc *a, uintptr_t lo, uintptr_t hi, int commit, int prot) {
-  size_t ps = rb_page_size(), i = (lo - a->base) / ps, end = (hi - a->base) / ps;
-  while (i < end) {
-    size_t j = i;
-    int was = a->committed[i];
-    while (j < end && a->committed[j] == was && cs->n < 63)
-      j++;
-    if (commit && was) /* keeps the contents, unlike a new mapping */
-      add_call(cs, SC_MPROTECT, (long)(a->base + i * ps), (long)((j - i) * ps), prot, 0, 0);
-    else if (commit)
-      add_call(cs, SC_MMAP, (long)(a->base + i * ps), (long)((j - i) * ps), prot,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1);
-    else if (was)
-      add_call(cs, SC_MMAP, (long)(a->base + i * ps), (long)((j - i) * ps), PROT_NONE,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1);
-    i = j;
-  }
-}
-
 static void set_state(alloc *a, uintptr_t lo, uintptr_t hi, int commit) {
   size_t ps = rb_page_size();
   memset(a->committed + (lo - a->base) / ps, commit, (hi - lo) / ps);
+}
+
+/* Commits the pages [lo, hi) of a with protection prot, run by run: new
+ * mappings for reserved runs, mprotect for committed ones (which keeps their
+ * contents), CALLS_MAX runs a session. */
+static rb_err commit_range(rb_proc *p, alloc *a, uintptr_t lo, uintptr_t hi, int prot) {
+  size_t ps = rb_page_size(), i = (lo - a->base) / ps, end = (hi - a->base) / ps;
+  uintptr_t done = lo; /* pages below are committed already in this call */
+  calls cs;
+  rb_err e;
+  init_calls(p, &cs);
+  while (i < end) {
+    size_t j = i;
+    int was = a->committed[i];
+    while (j < end && a->committed[j] == was)
+      j++;
+    if (was)
+      add_call(&cs, SC_MPROTECT, (long)(a->base + i * ps), (long)((j - i) * ps), prot, 0, 0);
+    else
+      add_call(&cs, SC_MMAP, (long)(a->base + i * ps), (long)((j - i) * ps), prot,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1);
+    i = j;
+    if (cs.n == CALLS_MAX || i == end) {
+      if ((e = run_calls(p, &cs)))
+        return e;
+      set_state(a, done, a->base + i * ps, 1);
+      done = a->base + i * ps;
+      init_calls(p, &cs);
+    }
+  }
+  return 0;
 }
 
 static uintptr_t down(uintptr_t a) { return a & ~(uintptr_t)(rb_page_size() - 1); }
@@ -609,10 +621,8 @@ rb_err rb_alloc(rb_proc *p, uintptr_t addr, size_t size, unsigned long type,
     alloc *a = find_alloc(p, lo);
     if (a == NULL || hi - a->base > a->size)
       return EFAULT; /* Windows: ERROR_INVALID_ADDRESS */
-    queue_state(&cs, a, lo, hi, 1, prot);
-    if ((e = run_calls(p, &cs)))
+    if ((e = commit_range(p, a, lo, hi, prot)))
       return e;
-    set_state(a, lo, hi, 1);
     *out = lo;
     return 0;
   }
@@ -651,7 +661,9 @@ rb_err rb_free(rb_proc *p, uintptr_t addr, size_t size, unsigned long type) {
     }
     if (hi - a->base > a->size)
       return EINVAL;
-    queue_state(&cs, a, lo, hi, 0, PROT_NONE);
+    /* one new reserved mapping over the range, whatever its pages' states */
+    add_call(&cs, SC_MMAP, (long)lo, (long)(hi - lo), PROT_NONE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1);
     if ((e = run_calls(p, &cs)))
       return e;
     set_state(a, lo, hi, 0);
