@@ -47,6 +47,7 @@ local function make_platform(plat)
       ["rmem.process"] = "lua/rmem/process.lua",
       ["rmem.protect"] = "lua/rmem/protect.lua",
       ["rmem.region"] = "lua/rmem/region.lua",
+      ["rmem.typed"] = "lua/rmem/typed.lua",
       ["rmem.core"] = core[plat],
     },
   }

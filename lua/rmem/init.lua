@@ -4,6 +4,10 @@ local core = require "rmem.core"
 local Error = require "rmem.error"
 local protect = require "rmem.protect"
 local Process = require "rmem.process"
+local Region = require "rmem.region"
+local typed = require "rmem.typed"
+
+typed.install(Process, Region, Region._span, core.page_size)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end

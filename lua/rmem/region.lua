@@ -44,6 +44,8 @@ local function span(r, op, offset, size, n)
   return base + o, s
 end
 
+Region._span = span -- for the methods other modules add
+
 function Region:read(offset, n)
   return self.process:read(span(self, "read", offset, n, 1))
 end

@@ -1,0 +1,217 @@
+--- Typed access, strings and string.pack layouts, for processes and regions.
+-- `typed.install(Process, Region)` adds the methods to both classes:
+-- processes take addresses, regions offsets (bounds-checked).
+local check = require "rmem.check"
+
+local typed = {}
+
+-- little-endian formats of the fixed-size types
+local FORMATS = {
+  u8 = "<I1", u16 = "<I2", u32 = "<I4", u64 = "<I8",
+  i8 = "<i1", i16 = "<i2", i32 = "<i4", i64 = "<i8",
+  f32 = "<f", f64 = "<d",
+}
+local DEFAULT_MAX = 4096
+
+local function ptr_format(p)
+  return p.bits == 32 and "<I4" or "<I8"
+end
+
+--- Packs value with fmt for write_<name>, with the error at the user's line.
+local function pack_value(name, fmt, value)
+  if type(value) ~= "number" then
+    check.argerror(2, "write_" .. name, "value must be a number, got " .. type(value))
+  end
+  local ok, bytes = pcall(string.pack, fmt, value)
+  if not ok then
+    check.argerror(2, "write_" .. name, ("%s does not fit in %s"):format(tostring(value), name))
+  end
+  return bytes
+end
+
+local function max_of(max, fname)
+  if max == nil then return DEFAULT_MAX end
+  local m = check.integer(max, 2, fname, "max")
+  if m < 0 then check.argerror(2, fname, "max must not be negative, got " .. m) end
+  return m
+end
+
+--- Reads up to max units of `unit` bytes at address, stopping at a unit of
+-- zeros; reads page by page so a string that ends just before an unreadable
+-- page is still read.
+local function read_units(p, address, max, unit, page)
+  local parts, got, a = {}, 0, address
+  while got < max do
+    local want = math.min(max - got, (page - a % page) // unit)
+    if want == 0 then want = 1 end -- a unit straddling pages (odd address)
+    local s = p:read(a, want * unit)
+    for i = 1, #s, unit do
+      if s:sub(i, i + unit - 1) == ("\0"):rep(unit) then
+        parts[#parts + 1] = s:sub(1, i - 1)
+        return table.concat(parts)
+      end
+    end
+    parts[#parts + 1] = s
+    got, a = got + want, a + want * unit
+  end
+  return table.concat(parts)
+end
+
+--- UTF-16LE to UTF-8; a lone surrogate becomes U+FFFD.
+function typed.utf16_to_utf8(s)
+  local out, i, n = {}, 1, #s - 1
+  while i <= n do
+    local c = string.unpack("<I2", s, i)
+    i = i + 2
+    if c >= 0xD800 and c <= 0xDBFF and i <= n then
+      local lo = string.unpack("<I2", s, i)
+      if lo >= 0xDC00 and lo <= 0xDFFF then
+        c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00)
+        i = i + 2
+      else
+        c = 0xFFFD
+      end
+    elseif c >= 0xD800 and c <= 0xDFFF then
+      c = 0xFFFD
+    end
+    out[#out + 1] = utf8.char(c)
+  end
+  return table.concat(out)
+end
+
+--- UTF-8 to UTF-16LE; raises an argument error for invalid UTF-8.
+function typed.utf8_to_utf16(s, fname)
+  local ok, units = pcall(function()
+    local out = {}
+    for _, c in utf8.codes(s) do
+      if c >= 0x10000 then
+        c = c - 0x10000
+        out[#out + 1] = string.pack("<I2I2", 0xD800 + (c >> 10), 0xDC00 + (c & 0x3FF))
+      else
+        out[#out + 1] = string.pack("<I2", c)
+      end
+    end
+    return table.concat(out)
+  end)
+  if not ok then check.argerror(2, fname, "text is not valid UTF-8") end
+  return units
+end
+
+local function check_string(s, fname)
+  if type(s) ~= "string" then
+    check.argerror(2, fname, "text must be a string, got " .. type(s))
+  end
+end
+
+--- The fixed packsize of fmt, or an argument error for a variable-length
+-- or invalid format.
+local function packsize(fmt, fname)
+  if type(fmt) ~= "string" then
+    check.argerror(2, fname, "format must be a string, got " .. type(fmt))
+  end
+  local ok, size = pcall(string.packsize, fmt)
+  if not ok then
+    check.argerror(2, fname, ("format '%s' has no fixed size (%s)"):format(fmt,
+      tostring(size):match("%((.*)%)$") or tostring(size)))
+  end
+  return size
+end
+
+--- The methods on a process, by address.
+local function process_methods(Process, page)
+  for name, fmt in pairs(FORMATS) do
+    local size = string.packsize(fmt)
+    Process["read_" .. name] = function(p, address)
+      return (string.unpack(fmt, p:read(address, size)))
+    end
+    Process["write_" .. name] = function(p, address, value, opts)
+      return p:write(address, pack_value(name, fmt, value), opts)
+    end
+  end
+  function Process:read_ptr(address)
+    local fmt = ptr_format(self)
+    return (string.unpack(fmt, self:read(address, string.packsize(fmt))))
+  end
+  function Process:write_ptr(address, value, opts)
+    return self:write(address, pack_value("ptr", ptr_format(self), value), opts)
+  end
+  --- Bytes up to the first NUL or max bytes (4096).
+  function Process:read_string(address, max)
+    return read_units(self, address, max_of(max, "read_string"), 1, page)
+  end
+  --- UTF-16LE up to a NUL unit or max units (4096), as UTF-8.
+  function Process:read_wstring(address, max)
+    return typed.utf16_to_utf8(read_units(self, address, max_of(max, "read_wstring"), 2, page))
+  end
+  --- Writes the bytes and a NUL; returns the bytes written.
+  function Process:write_string(address, text, opts)
+    check_string(text, "write_string")
+    return self:write(address, text .. "\0", opts)
+  end
+  --- Writes UTF-8 text as UTF-16LE and a NUL unit; returns the bytes written.
+  function Process:write_wstring(address, text, opts)
+    check_string(text, "write_wstring")
+    return self:write(address, typed.utf8_to_utf16(text, "write_wstring") .. "\0\0", opts)
+  end
+  --- string.unpack(fmt) over exactly string.packsize(fmt) bytes.
+  function Process:unpack(address, fmt)
+    local data = self:read(address, packsize(fmt, "unpack"))
+    local values = table.pack(string.unpack(fmt, data))
+    return table.unpack(values, 1, values.n - 1)
+  end
+  --- Writes string.pack(fmt, ...); returns the bytes written.
+  function Process:pack(address, fmt, ...)
+    packsize(fmt, "pack")
+    local ok, bytes = pcall(string.pack, fmt, ...)
+    if not ok then check.argerror(3, "pack", tostring(bytes):match("%((.*)%)$") or tostring(bytes)) end
+    return self:write(address, bytes, nil)
+  end
+end
+
+--- The same methods on a region, by offset: each checks that the bytes it
+-- touches lie inside the region.
+local function region_methods(Region, span)
+  local function sized(name, size_of)
+    Region[name] = function(r, offset, ...)
+      local a = span(r, name, offset, size_of(r, ...), 1)
+      return r.process[name](r.process, a, ...)
+    end
+  end
+  for name, fmt in pairs(FORMATS) do
+    local size = string.packsize(fmt)
+    sized("read_" .. name, function() return size end)
+    sized("write_" .. name, function() return size end)
+  end
+  local function ptr_size(r) return r.process.bits // 8 end
+  sized("read_ptr", ptr_size)
+  sized("write_ptr", ptr_size)
+  sized("unpack", function(_, fmt) return packsize(fmt, "unpack") end)
+  sized("pack", function(_, fmt, ...)
+    packsize(fmt, "pack")
+    local ok, bytes = pcall(string.pack, fmt, ...)
+    return ok and #bytes or 0
+  end)
+  sized("write_string", function(_, text)
+    check_string(text, "write_string")
+    return #text + 1
+  end)
+  sized("write_wstring", function(_, text)
+    check_string(text, "write_wstring")
+    return #typed.utf8_to_utf16(text, "write_wstring") + 2
+  end)
+  -- strings stop at the region's end at the latest
+  for name, unit in pairs { read_string = 1, read_wstring = 2 } do
+    Region[name] = function(r, offset, max)
+      local a = span(r, name, offset, 0, 1)
+      local room = (r.size - (a - r.address)) // unit
+      return r.process[name](r.process, a, math.min(max_of(max, name), room))
+    end
+  end
+end
+
+function typed.install(Process, Region, span, page)
+  process_methods(Process, page)
+  region_methods(Region, span)
+end
+
+return typed
