@@ -30,12 +30,12 @@ supported_platforms = { "windows", "linux" }
 local function make_platform(plat)
   local core = {
     windows = {
-      sources = { "src/core.c", "src/backend_win.c" },
+      sources = { "src/core.c", "src/backend_win.c", "src/scan.c" },
       libraries = { "kernel32", "advapi32" },
       incdirs = { "src" },
     },
     linux = {
-      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c" },
+      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c" },
       incdirs = { "src" },
     },
   }
@@ -47,6 +47,8 @@ local function make_platform(plat)
       ["rmem.process"] = "lua/rmem/process.lua",
       ["rmem.protect"] = "lua/rmem/protect.lua",
       ["rmem.region"] = "lua/rmem/region.lua",
+      ["rmem.scan"] = "lua/rmem/scan.lua",
+      ["rmem.tools"] = "lua/rmem/tools.lua",
       ["rmem.typed"] = "lua/rmem/typed.lua",
       ["rmem.core"] = core[plat],
     },

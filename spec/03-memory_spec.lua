@@ -241,6 +241,7 @@ describe("rmem memory operations", function()
   describe("p:regions()", function()
     it("walks the whole user space in ascending order, free regions included", function()
       local r <close> = p:alloc(2 * PAGE)
+      local reserved <close> = p:alloc(PAGE, { commit = false })
       local last, seen, states = -1, nil, {}
       for info in p:regions() do
         assert.is_true(info.base > last)

@@ -67,6 +67,17 @@ rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done);
 rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n,
                 size_t *done);
 
+/* One module: an executable or library mapped into a process. */
+typedef struct rb_module {
+  uintptr_t base;
+  size_t size;
+  char name[260];  /* the file's base name, UTF-8 */
+  char path[1024]; /* its full path, UTF-8 */
+} rb_module;
+
+/* The process's modules, as rb_processes fills its list. */
+rb_err rb_modules(rb_proc *p, rb_module *list, size_t cap, size_t *count);
+
 /* Fills up to cap entries and sets *count to the number of processes, which
  * may exceed cap: call again with a larger buffer then. */
 rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count);

@@ -426,6 +426,71 @@ static int image_cb(void *ud, const mapping *m) {
   return 0;
 }
 
+/* ---- modules: the files mapped executable somewhere ------------------------------------ */
+
+rb_err rb_modules(rb_proc *p, rb_module *list, size_t cap, size_t *count) {
+  char path[64], line[PATH_MAX + 128];
+  FILE *f;
+  size_t n = 0, i;
+  rb_err e;
+  /* two passes over maps: which files are mapped executable, then their extents */
+  struct { unsigned long long inode; unsigned major, minor; } exec[512];
+  size_t nexec = 0;
+  int pass;
+  for (pass = 0; pass < 2; pass++) {
+    snprintf(path, sizeof path, "/proc/%d/maps", (int)p->pid);
+    if ((f = fopen(path, "re")) == NULL)
+      return errno == ENOENT ? ESRCH : (rb_err)errno;
+    while (fgets(line, sizeof line, f)) {
+      unsigned long lo, hi;
+      unsigned long long off, inode;
+      unsigned major, minor;
+      char perms[5];
+      int name_at = 0, known = 0;
+      const char *file, *base;
+      if (sscanf(line, "%lx-%lx %4s %llx %x:%x %llu %n", &lo, &hi, perms, &off, &major, &minor,
+                 &inode, &name_at) < 7 || inode == 0 || name_at == 0)
+        continue;
+      for (i = 0; i < nexec; i++)
+        known |= exec[i].inode == inode && exec[i].major == major && exec[i].minor == minor;
+      if (pass == 0) {
+        if (perms[2] == 'x' && !known && nexec < sizeof exec / sizeof exec[0]) {
+          exec[nexec].inode = inode;
+          exec[nexec].major = major;
+          exec[nexec].minor = minor;
+          nexec++;
+        }
+        continue;
+      }
+      if (!known)
+        continue;
+      file = line + name_at;
+      line[strcspn(line, "\n")] = '\0';
+      for (i = 0; i < n && i < cap; i++)
+        if (strcmp(list[i].path, file) == 0)
+          break;
+      if (i < n && i < cap) { /* one more mapping of a module seen already */
+        if (hi - list[i].base > list[i].size)
+          list[i].size = hi - list[i].base;
+        continue;
+      }
+      if (n < cap) {
+        base = strrchr(file, '/');
+        list[n].base = lo;
+        list[n].size = hi - lo;
+        snprintf(list[n].path, sizeof list[n].path, "%s", file);
+        snprintf(list[n].name, sizeof list[n].name, "%s", base ? base + 1 : file);
+      }
+      n++;
+    }
+    fclose(f);
+  }
+  if ((e = check_same(p)))
+    return e;
+  *count = n;
+  return 0;
+}
+
 /* ---- rmem's allocations ------------------------------------------------------------ */
 
 static alloc *find_alloc(rb_proc *p, uintptr_t addr) {

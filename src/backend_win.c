@@ -207,6 +207,35 @@ rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count) {
   return 0;
 }
 
+rb_err rb_modules(rb_proc *p, rb_module *list, size_t cap, size_t *count) {
+  MODULEENTRY32W me;
+  size_t n = 0;
+  HANDLE snap;
+  int tries = 0;
+  /* the snapshot fails with ERROR_BAD_LENGTH while the target loads or
+   * unloads a module: try again */
+  do
+    snap = CreateToolhelp32Snapshot(TH32CS_SNAPMODULE | TH32CS_SNAPMODULE32, p->pid);
+  while (snap == INVALID_HANDLE_VALUE && GetLastError() == ERROR_BAD_LENGTH && ++tries < 10);
+  if (snap == INVALID_HANDLE_VALUE)
+    return last_error();
+  me.dwSize = sizeof me;
+  if (Module32FirstW(snap, &me)) {
+    do {
+      if (n < cap) {
+        list[n].base = (uintptr_t)me.modBaseAddr;
+        list[n].size = (size_t)me.modBaseSize;
+        to_utf8(me.szModule, list[n].name, sizeof list[n].name);
+        to_utf8(me.szExePath, list[n].path, sizeof list[n].path);
+      }
+      n++;
+    } while (Module32NextW(snap, &me));
+  }
+  CloseHandle(snap);
+  *count = n;
+  return 0;
+}
+
 rb_err rb_enable_debug_privilege(void) {
   HANDLE token;
   TOKEN_PRIVILEGES tp;
@@ -256,6 +285,7 @@ const rb_error_entry rb_error_names[] = {
   {ERROR_INSUFFICIENT_BUFFER, "ERROR_INSUFFICIENT_BUFFER"},
   {ERROR_ALREADY_EXISTS, "ERROR_ALREADY_EXISTS"},
   {ERROR_PARTIAL_COPY, "ERROR_PARTIAL_COPY"},
+  {ERROR_BAD_LENGTH, "ERROR_BAD_LENGTH"},
   {ERROR_INVALID_ADDRESS, "ERROR_INVALID_ADDRESS"},
   {ERROR_COMMITMENT_MINIMUM, "ERROR_COMMITMENT_MINIMUM"},
   {ERROR_NOACCESS, "ERROR_NOACCESS"},

@@ -13,6 +13,7 @@
 #include "lauxlib.h"
 
 #include "backend.h"
+#include "scan.h"
 
 #define RMEM_VERSION "rmem.core 0.1.0"
 #define HANDLE_META "rmem.core.handle"
@@ -216,6 +217,11 @@ static void set_int(lua_State *L, const char *k, lua_Integer v) {
   lua_setfield(L, -2, k);
 }
 
+static void set_index(lua_State *L, size_t i, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_rawseti(L, -2, (lua_Integer)i);
+}
+
 /* h:query(address) -> { base, size, allocation_base, allocation_protect,
  * state, protect, type } */
 static int h_query(lua_State *L) {
@@ -270,6 +276,36 @@ static int h_write(lua_State *L) {
     return 4;
   }
   lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
+/* h:modules() -> { {name=, base=, size=, path=}, ... } */
+static int h_modules(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  size_t cap = 64, count, i;
+  rb_module *list;
+  rb_err e;
+  for (;;) {
+    /* a userdata, so an error while pushing leaks nothing */
+    list = (rb_module *)lua_newuserdatauv(L, cap * sizeof *list, 0);
+    if ((e = rb_modules(p, list, cap, &count)))
+      return os_fail(L, "modules", e);
+    if (count <= cap)
+      break;
+    lua_pop(L, 1);
+    cap = count + 16;
+  }
+  lua_createtable(L, (int)count, 0);
+  for (i = 0; i < count; i++) {
+    lua_createtable(L, 0, 4);
+    set_int(L, "base", (lua_Integer)list[i].base);
+    set_int(L, "size", (lua_Integer)list[i].size);
+    lua_pushstring(L, list[i].name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, list[i].path);
+    lua_setfield(L, -2, "path");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
   return 1;
 }
 
@@ -357,6 +393,41 @@ static int core_error_message(lua_State *L) {
   return 1;
 }
 
+/* core.find(data, bytes, mask, base [, align [, overlapping [, limit]]])
+ * -> { base + offset, ... }: the matches of the pattern (bytes under mask,
+ * strings of one length) inside data, ascending. */
+static int core_find(lua_State *L) {
+  size_t n, len, mlen, found, i, offs[256], from = 0, count = 0;
+  const unsigned char *data = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  lua_Integer base = luaL_checkinteger(L, 4), align = luaL_optinteger(L, 5, 1);
+  int overlapping = lua_isnoneornil(L, 6) || lua_toboolean(L, 6);
+  lua_Integer limit = luaL_optinteger(L, 7, LUA_MAXINTEGER);
+  rm_pattern pat;
+  pat.bytes = (const unsigned char *)luaL_checklstring(L, 2, &len);
+  pat.mask = (const unsigned char *)luaL_checklstring(L, 3, &mlen);
+  pat.len = len;
+  luaL_argcheck(L, len > 0 && mlen == len, 3, "mask must be as long as the pattern, and not empty");
+  for (i = 0; i < len; i++)
+    luaL_argcheck(L, (pat.bytes[i] & ~pat.mask[i]) == 0, 2, "pattern bytes must be masked");
+  luaL_argcheck(L, base >= 0, 4, "base must not be negative");
+  luaL_argcheck(L, align >= 1, 5, "align must be at least 1");
+  luaL_argcheck(L, limit >= 0, 7, "limit must not be negative");
+  rm_pattern_prepare(&pat);
+  lua_newtable(L);
+  while (from < n && (lua_Integer)count < limit) {
+    size_t want = sizeof offs / sizeof offs[0];
+    if ((lua_Integer)want > limit - (lua_Integer)count)
+      want = (size_t)(limit - (lua_Integer)count);
+    found = rm_scan(&pat, data, n, from, (size_t)base, (size_t)align, overlapping, offs, want,
+                    &from);
+    for (i = 0; i < found; i++)
+      set_index(L, ++count, base + (lua_Integer)offs[i]);
+    if (found < want)
+      break;
+  }
+  return 1;
+}
+
 /* ---- registration ------------------------------------------------------------ */
 
 /* The Win32 numbers, on every platform (the backends give them meaning). */
@@ -395,6 +466,7 @@ static const luaL_Reg funcs[] = {
   {"enable_debug_privilege", core_enable_debug_privilege},
   {"error_name", core_error_name},
   {"error_message", core_error_message},
+  {"find", core_find},
   {NULL, NULL}
 };
 
@@ -408,6 +480,7 @@ static const luaL_Reg methods[] = {
   {"write", h_write},
   {"is_alive", h_is_alive},
   {"exit_code", h_exit_code},
+  {"modules", h_modules},
   {"pid", h_pid},
   {"bits", h_bits},
   {"name", h_name},

@@ -141,6 +141,7 @@ function Error:__tostring()
   if self.pid then args[#args + 1] = "pid " .. self.pid end
   if self.address then args[#args + 1] = hex(self.address) end
   if self.size then args[#args + 1] = self.size .. " bytes" end
+  if self.step then args[#args + 1] = "step " .. self.step end
   local what = self.code and ("%s (%d)"):format(self.name, self.code) or self.name
   -- Windows' texts end with a period, strerror's do not
   local message = self.message:match("[.!?]$") and self.message or self.message .. "."

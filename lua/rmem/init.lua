@@ -6,8 +6,12 @@ local protect = require "rmem.protect"
 local Process = require "rmem.process"
 local Region = require "rmem.region"
 local typed = require "rmem.typed"
+local scan = require "rmem.scan"
+local tools = require "rmem.tools"
 
 typed.install(Process, Region, Region._span, core.page_size)
+scan.install(Process)
+tools.install(Process)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end
@@ -22,6 +26,8 @@ local rmem = {
   open = Process.open,
   self = Process.self,
   processes = Process.processes,
+
+  hex = tools.hex,          -- rmem.hex(0x10000) -> "0x10000"
 
   Error = Error,
   is_error = Error.is_error,

@@ -318,6 +318,29 @@ function Process:regions(opts)
   end
 end
 
+--- The modules (executables and libraries) mapped into the process: a list
+-- of { name, base, size, path }, name being the file's base name.
+function Process:modules()
+  local list, msg, code = handle(self, "modules"):modules()
+  if not list then fail(self, "modules", msg, code) end
+  return list
+end
+
+-- Windows file names are case-insensitive; Linux ones are not.
+local fold = core.platform == "windows" and string.lower or function(s) return s end
+
+--- The module with this file name (case-insensitive on Windows), or nil.
+function Process:module(name)
+  if type(name) ~= "string" then
+    check.argerror(1, "module", "name must be a string, got " .. type(name))
+  end
+  local wanted = fold(name)
+  for _, m in ipairs(self:modules()) do
+    if fold(m.name) == wanted then return m end
+  end
+  return nil
+end
+
 --- Reads n bytes; a partial read raises an error that says how many bytes
 -- were read (e.bytes_done).
 function Process:read(address, n)

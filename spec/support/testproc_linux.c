@@ -78,6 +78,9 @@ static int tp_start(lua_State *L) {
     dup2(null, 1);
     dup2(null, 2);
     fcntl(ready[1], F_SETFD, 0); /* the ready pipe survives exec */
+    /* the test host preloads the sanitizer runtime; the target must stay a
+     * plain process (ASan's terabytes of shadow mapping would be scanned) */
+    unsetenv("LD_PRELOAD");
     execv(argv[0], (char *const *)argv);
     _exit(127);
   }

@@ -1,0 +1,179 @@
+--- Pattern scans over a process's memory: p:scan (an iterator) and
+-- p:scan_all (a list). The inner loop is C (core.find); this file parses
+-- patterns, picks the readable memory and reads it in overlapping chunks.
+local core = require "rmem.core"
+local check = require "rmem.check"
+local protect = require "rmem.protect"
+
+local scan = {}
+
+local CHUNK = 1 << 20 -- bytes read at a time
+
+-- readable, non-guard protections: what a scan covers by default
+local READABLE = { r = true, rw = true, wc = true, rx = true, rwx = true, xwc = true }
+
+--- Parses "48 8B ?? 4? ?F" into (bytes, mask): bytes pre-masked, mask 0xFF
+-- for a known byte, 0xF0 / 0x0F for a known nibble, 0 for a wildcard.
+-- Raises an argument error (#n of fname) naming the offending token.
+function scan.parse(pattern, n, fname)
+  if type(pattern) == "table" then
+    -- the bytes-plus-mask form: { bytes = "\x48\x8B", mask = "x?" }
+    local bytes, mask = pattern.bytes, pattern.mask
+    if type(bytes) ~= "string" or type(mask) ~= "string" or #bytes ~= #mask or #bytes == 0 then
+      check.argerror(n, fname, "a pattern table needs bytes and mask strings of one "
+        .. "non-zero length")
+    end
+    local b, m = {}, {}
+    for i = 1, #mask do
+      local c = mask:sub(i, i)
+      if c ~= "x" and c ~= "?" then
+        check.argerror(n, fname, ("mask character %d is '%s' (expected x or ?)"):format(i, c))
+      end
+      m[i] = c == "x" and "\xFF" or "\0"
+      b[i] = c == "x" and bytes:sub(i, i) or "\0"
+    end
+    return table.concat(b), table.concat(m)
+  end
+  if type(pattern) ~= "string" then
+    check.argerror(n, fname, "pattern must be a string or a { bytes, mask } table, got "
+      .. type(pattern))
+  end
+  local b, m = {}, {}
+  for pos, token in pattern:gmatch("()(%S+)") do
+    local hi, lo = token:match("^([%x?])([%x?])$")
+    if not hi and token == "?" then hi, lo = "?", "?" end
+    if not hi then
+      check.argerror(n, fname, ("bad token '%s' at position %d of the pattern (expected "
+        .. "a hex byte, ?? or a nibble wildcard like 4? or ?F)"):format(token, pos))
+    end
+    local mask = (hi == "?" and 0 or 0xF0) | (lo == "?" and 0 or 0x0F)
+    local value = (hi == "?" and 0 or tonumber(hi, 16) << 4) | (lo == "?" and 0 or tonumber(lo, 16))
+    b[#b + 1], m[#m + 1] = string.char(value), string.char(mask)
+  end
+  if #b == 0 then check.argerror(n, fname, "the pattern is empty") end
+  return table.concat(b), table.concat(m)
+end
+
+--- The set of protections a scan covers.
+local function protections(opt, fname)
+  if opt == nil then return READABLE end
+  local set = {}
+  for _, s in ipairs(type(opt) == "table" and opt or { opt }) do
+    set[protect.name(protect.value(s, 2, fname))] = true
+  end
+  return set
+end
+
+--- The runs of adjacent committed pages with a covered protection inside
+-- [from, to), as { start, stop } pairs, ascending.
+local function runs(p, from, to, prots)
+  local list = {}
+  for info in p:regions { state = "commit" } do
+    local lo, hi = math.max(info.base, from), math.min(info.base + info.size, to)
+    if lo < hi and prots[info.protect] then
+      local last = list[#list]
+      if last and last[2] == lo then last[2] = hi else list[#list + 1] = { lo, hi } end
+    end
+    if info.base >= to then break end
+  end
+  return list
+end
+
+local SCAN_OPTS = { module = true, from = true, to = true, protect = true, limit = true,
+  overlapping = true, align = true }
+
+--- The bounds [from, to) a scan covers.
+local function bounds(p, opts)
+  local from, to = 0, core.user_end
+  if opts.module ~= nil then
+    local m = type(opts.module) == "table" and opts.module or p:module(opts.module)
+    if not m then check.argerror(2, "scan", ("no module named '%s'"):format(tostring(opts.module))) end
+    from, to = m.base, m.base + m.size
+  end
+  if opts.from ~= nil then from = math.max(from, check.address(opts.from, 2, "scan")) end
+  if opts.to ~= nil then to = math.min(to, check.address(opts.to, 2, "scan")) end
+  return from, to
+end
+
+--- Reads [a, b) for the scan: the bytes, or, where part of it cannot be
+-- read (it changed under the scan), the readable pages as pieces.
+local function read_pieces(p, a, b)
+  local ok, data = pcall(p.read, p, a, b - a)
+  if ok then return { { a, data } } end
+  local pieces, page = {}, core.page_size
+  local x = a
+  while x < b do
+    local y = math.min(b, (x // page + 1) * page)
+    local got, bytes = pcall(p.read, p, x, y - x)
+    if got then
+      local last = pieces[#pieces]
+      if last and last[1] + #last[2] == x then last[2] = last[2] .. bytes
+      else pieces[#pieces + 1] = { x, bytes } end
+    end
+    x = y
+  end
+  return pieces
+end
+
+--- for address in p:scan(pattern [, opts]) do ... end
+-- opts: module (a name or a module table), from (inclusive), to
+-- (exclusive), protect (a protection or a list; default every readable,
+-- non-guard one), limit, overlapping (default true), align.
+local function scanner(p, pattern, opts)
+  local bytes, mask = scan.parse(pattern, 1, "scan")
+  opts = check.options(opts, 2, "scan", SCAN_OPTS)
+  local from, to = bounds(p, opts)
+  local limit = opts.limit and check.size(opts.limit, 2, "scan") or math.maxinteger
+  local align = opts.align and check.integer(opts.align, 2, "scan", "align") or 1
+  if align < 1 then check.argerror(2, "scan", "align must be at least 1") end
+  local overlapping = opts.overlapping ~= false
+  local list = runs(p, from, to, protections(opts.protect, "scan"))
+  local len, queue, qi, count = #bytes, {}, 1, 0
+  local run, at = 0, nil -- the run being read and the next address in it
+  local next_start = 0    -- non-overlapping: no match may start before this
+
+  local function refill()
+    while qi > #queue do
+      if count >= limit then return false end
+      if at == nil or at >= list[run][2] then
+        run = run + 1
+        if run > #list then return false end
+        at = list[run][1]
+      end
+      local stop = math.min(list[run][2], at + CHUNK + len - 1)
+      queue, qi = {}, 1
+      for _, piece in ipairs(read_pieces(p, at, stop)) do
+        for _, hit in ipairs(core.find(piece[2], bytes, mask, piece[1], align, overlapping,
+          limit - count)) do
+          if hit >= next_start and #queue < limit - count then
+            queue[#queue + 1] = hit
+            if not overlapping then next_start = hit + len end
+          end
+        end
+      end
+      -- the next chunk overlaps this one by len - 1 bytes: no match on a
+      -- chunk border is lost, and none is found twice
+      at = stop >= list[run][2] and stop or stop - (len - 1)
+    end
+    return true
+  end
+
+  return function()
+    if not refill() then return nil end
+    local hit = queue[qi]
+    qi, count = qi + 1, count + 1
+    return hit
+  end
+end
+
+function scan.install(Process)
+  Process.scan = scanner
+  --- Every match of p:scan, as a list.
+  function Process:scan_all(pattern, opts)
+    local list = {}
+    for hit in scanner(self, pattern, opts) do list[#list + 1] = hit end
+    return list
+  end
+end
+
+return scan

@@ -1,0 +1,83 @@
+--- Pointer chains and hex dumps: p:resolve, p:hexdump, rmem.hex.
+local Error = require "rmem.error"
+local check = require "rmem.check"
+
+local tools = {}
+
+--- "0x7FF6A0010000"; width pads with zeros to that many hex digits.
+function tools.hex(n, width)
+  n = check.integer(n, 1, "hex", "number")
+  if width ~= nil then
+    return ("0x%0" .. check.integer(width, 2, "hex", "width") .. "X"):format(n)
+  end
+  return ("0x%X"):format(n)
+end
+
+--- The address that "module+0xOFFSET" (or "module", or "module+123") names.
+local function module_address(p, expr)
+  local name, sign, off = expr:match("^%s*(.-)%s*([+-])%s*(%w+)%s*$")
+  local offset = 0
+  if name and name ~= "" then
+    offset = math.tointeger(tonumber(off))
+    if not offset then
+      check.argerror(1, "resolve", ("bad offset '%s' in '%s'"):format(off, expr))
+    end
+    if sign == "-" then offset = -offset end
+  else
+    name = expr:match("^%s*(.-)%s*$")
+  end
+  local m = p:module(name)
+  if not m then
+    error(Error.new { op = "resolve", name = "MODULE_NOT_FOUND", pid = p.pid,
+      message = ("no module named '%s' in the process."):format(name),
+      hint = "p:modules() lists the modules and their names" }, 0)
+  end
+  return m.base + offset
+end
+
+--- Follows a pointer chain: reads a pointer at base, adds the first offset,
+-- reads a pointer there, ..., adds the last offset and returns that
+-- address (not read). base is an address or "module+0xOFFSET".
+local function resolve(p, base, ...)
+  local address = type(base) == "string" and module_address(p, base)
+    or check.address(base, 1, "resolve")
+  local offsets = table.pack(...)
+  for i = 1, offsets.n do
+    local off = check.integer(offsets[i], i + 1, "resolve", "offset")
+    local ok, ptr = pcall(p.read_ptr, p, address)
+    if not ok then
+      local e = ptr
+      if not Error.is_error(e) then error(e, 0) end
+      error(Error.new { op = "resolve", name = e.name, code = e.code, pid = p.pid,
+        address = address, step = i,
+        message = ("step %d: cannot read the pointer at 0x%x: %s"):format(i, address, e.message),
+        hint = e.hint }, 0)
+    end
+    address = ptr + off
+  end
+  return address
+end
+
+--- Classic hex + ASCII lines for n bytes at address, 16 a line.
+local function hexdump(p, address, n)
+  local data = p:read(address, n)
+  local lines = {}
+  for i = 1, #data, 16 do
+    local row = data:sub(i, i + 15)
+    local hexes = {}
+    for j = 1, 16 do
+      hexes[j] = j <= #row and ("%02X"):format(row:byte(j)) or "  "
+    end
+    lines[#lines + 1] = ("%016X  %s  %s  |%s|"):format(address + i - 1,
+      table.concat(hexes, " ", 1, 8), table.concat(hexes, " ", 9, 16),
+      (row:gsub("[^\32-\126]", ".")))
+  end
+  return table.concat(lines, "\n")
+end
+
+function tools.install(Process)
+  Process.resolve = resolve
+  Process.hexdump = hexdump
+end
+
+return tools

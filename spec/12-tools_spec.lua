@@ -1,0 +1,183 @@
+-- Modules, pointer chains, pattern scans and hex dumps.
+local rmem = require "rmem"
+local helpers = require "spec.helpers"
+
+local PAGE = rmem.page_size
+
+describe("tools", function()
+  local p, t
+
+  before_each(function() p, t = helpers.open_target() end)
+  after_each(function() p:close() t:stop() end)
+
+  describe("p:modules() and p:module()", function()
+    it("lists the target's executable first-class, with name, base, size and path", function()
+      local mods = p:modules()
+      local exe
+      for _, m in ipairs(mods) do
+        assert.is_string(m.path)
+        assert.is_true(m.size > 0)
+        if m.name == helpers.target_name then exe = m end
+      end
+      assert.is_table(exe)
+      assert.matches(helpers.target_name:gsub("%p", "%%%0") .. "$", exe.path)
+      local magic = helpers.windows and "MZ" or "\127ELF"
+      assert.equal(magic, p:read(exe.base, #magic))
+      assert.equal("image", p:query(exe.base).type)
+    end)
+
+    it("finds a module by name (case-insensitively on Windows), nil when there is none", function()
+      local m = p:module(helpers.target_name)
+      assert.equal(helpers.target_name, m.name)
+      if helpers.windows then
+        assert.same(m, p:module(helpers.target_name:upper()))
+        assert.is_table(p:module("KERNEL32.DLL"))
+      else
+        assert.is_nil(p:module(helpers.target_name:upper()))
+      end
+      assert.is_nil(p:module("no-such-module"))
+    end)
+  end)
+
+  describe("p:resolve()", function()
+    it("follows a chain of pointers and offsets", function()
+      local r <close> = p:alloc(PAGE)
+      r:write_ptr(0x10, r.address + 0x100)
+      r:write_ptr(0x148, r.address + 0x200)
+      assert.equal(r.address + 0x10, p:resolve(r.address + 0x10))
+      assert.equal(r.address + 0x148, p:resolve(r.address + 0x10, 0x48))
+      assert.equal(r.address + 0x208, p:resolve(r.address + 0x10, 0x48, 8))
+    end)
+
+    it("starts from module+offset", function()
+      local m = p:module(helpers.target_name)
+      assert.equal(m.base + 0x40, p:resolve(helpers.target_name .. "+0x40"))
+      assert.equal(m.base + 16, p:resolve(helpers.target_name .. " + 16"))
+      local e = helpers.error_of(p.resolve, p, "nope.dll+0x10")
+      assert.equal("MODULE_NOT_FOUND", e.name)
+    end)
+
+    it("names the step that failed and the address it could not read", function()
+      local r <close> = p:alloc(PAGE)
+      r:write_ptr(0, 0x1000) -- points into the never-mapped first page
+      local e = helpers.error_of(p.resolve, p, r.address, 0, 8)
+      assert.is_true(rmem.is_error(e))
+      assert.equal("resolve", e.op)
+      assert.equal(2, e.step)
+      assert.equal(0x1000, e.address)
+      assert.matches("step 2: cannot read the pointer at 0x1000", e.message)
+      assert.matches("step 2", tostring(e))
+    end)
+  end)
+
+  describe("p:scan()", function()
+    it("finds every match, ascending, on chunk borders too", function()
+      local size = 3 * 1024 * 1024
+      local r <close> = p:alloc(size)
+      local sig = "\xDE\xC0\xAD\x0B\x24\x5A\x01"
+      local at = { 100, (1 << 20) - 3, (2 << 20) - 1, size - #sig }
+      for _, off in ipairs(at) do r:write(off, sig) end
+      local hits = p:scan_all("DE C0 AD 0B 24 5A 01", { from = r.address, to = r.address + size })
+      local want = {}
+      for i, off in ipairs(at) do want[i] = r.address + off end
+      assert.same(want, hits)
+      -- the whole address space, default options: the same four (and no more)
+      local all = p:scan_all("DE C0 AD 0B 24 5A 01")
+      local mine = {}
+      for _, a in ipairs(all) do
+        if a >= r.address and a < r.address + size then mine[#mine + 1] = a end
+      end
+      assert.same(want, mine)
+    end)
+
+    it("treats wildcards, nibble wildcards and whitespace as promised", function()
+      local r <close> = p:alloc(PAGE)
+      r:write(0, "\x48\x8B\x05\x12\x34\x89\xAF")
+      local range = { from = r.address, to = r.address + PAGE }
+      assert.same({ r.address }, p:scan_all("48 8B ?? ? 34 89 AF", range))
+      assert.same({ r.address }, p:scan_all("  4? ?B   05\t12 3? ?9 Af  ", range))
+      assert.same({}, p:scan_all("48 8B 05 12 34 89 A0", range))
+      assert.same({ r.address }, p:scan_all({ bytes = "\x48\x8B\0\0\x34", mask = "xx??x" }, range))
+    end)
+
+    it("overlapping, limit and align", function()
+      local r <close> = p:alloc(PAGE)
+      r:write(0, ("\x90"):rep(8))
+      local range = { from = r.address, to = r.address + 8 }
+      assert.equal(7, #p:scan_all("90 90", range))
+      range.overlapping = false
+      assert.same({ r.address, r.address + 2, r.address + 4, r.address + 6 }, p:scan_all("90 90", range))
+      range.overlapping, range.limit = nil, 2
+      assert.same({ r.address, r.address + 1 }, p:scan_all("90 90", range))
+      range.limit, range.align = nil, 4
+      assert.same({ r.address, r.address + 4 }, p:scan_all("90 90", range))
+    end)
+
+    it("skips what is not committed and readable, and filters by protection", function()
+      local r <close> = p:alloc(4 * PAGE, { commit = false })
+      r:commit(0, PAGE)
+      r:commit(2 * PAGE, 2 * PAGE)
+      r:write(10, "\xAB\xCD\xEF\x13\x57")
+      r:write(2 * PAGE + 10, "\xAB\xCD\xEF\x13\x57")
+      r:write(3 * PAGE + 10, "\xAB\xCD\xEF\x13\x57")
+      r:protect(3 * PAGE, PAGE, "none")
+      local range = { from = r.address, to = r.address + 4 * PAGE }
+      assert.same({ r.address + 10, r.address + 2 * PAGE + 10 }, p:scan_all("AB CD EF 13 57", range))
+      r:protect(0, PAGE, "r")
+      range.protect = "r"
+      assert.same({ r.address + 10 }, p:scan_all("AB CD EF 13 57", range))
+    end)
+
+    it("scans one module", function()
+      local m = p:module(helpers.target_name)
+      local magic = helpers.windows and "4D 5A" or "7F 45 4C 46"
+      local hits = p:scan_all(magic, { module = helpers.target_name, limit = 1 })
+      assert.same({ m.base }, hits)
+      assert.same(hits, p:scan_all(magic, { module = m, limit = 1 }))
+    end)
+
+    it("stops when the loop breaks, and the iterator needs no cleanup", function()
+      local r <close> = p:alloc(PAGE)
+      r:write(0, ("\x77\x66"):rep(100))
+      local n = 0
+      for _ in p:scan("77 66", { from = r.address, to = r.address + PAGE }) do
+        n = n + 1
+        if n == 3 then break end
+      end
+      assert.equal(3, n)
+    end)
+
+    it("rejects malformed patterns, naming the token", function()
+      for pattern, msg in pairs {
+        ["48 8B GG"] = "bad token 'GG' at position 7",
+        ["488B"] = "bad token '488B' at position 1",
+        ["4"] = "bad token '4' at position 1",
+        ["48 ???"] = "bad token '???' at position 4",
+        [""] = "the pattern is empty",
+        ["   "] = "the pattern is empty",
+      } do
+        local ok, err = pcall(p.scan_all, p, pattern)
+        assert.is_false(ok)
+        assert.matches("bad argument #1 to 'scan' %(" .. msg:gsub("%p", "%%%0"), err)
+      end
+      assert.has_error(function() p:scan_all({ bytes = "ab", mask = "x" }) end)
+      assert.has_error(function() p:scan_all("90", { module = "no-such-module" }) end,
+        "bad argument #2 to 'scan' (no module named 'no-such-module')")
+    end)
+  end)
+
+  describe("hex and hexdump", function()
+    it("rmem.hex formats addresses", function()
+      assert.equal("0x7FF6A0010000", rmem.hex(0x7FF6A0010000))
+      assert.equal("0x0000000000010000", rmem.hex(0x10000, 16))
+    end)
+
+    it("p:hexdump gives classic hex + ASCII lines", function()
+      local r <close> = p:alloc(PAGE)
+      r:write(0, "Hello, rmem!\0\1\2\255" .. "tail")
+      assert.equal(("%016X  48 65 6C 6C 6F 2C 20 72  6D 65 6D 21 00 01 02 FF  |Hello, rmem!....|\n"
+        .. "%016X  74 61 69 6C                                       |tail|"):format(
+          r.address, r.address + 16), p:hexdump(r.address, 20))
+    end)
+  end)
+end)
