@@ -44,6 +44,7 @@ local function make_platform(plat)
       ["rmem"] = "lua/rmem/init.lua",
       ["rmem.check"] = "lua/rmem/check.lua",
       ["rmem.error"] = "lua/rmem/error.lua",
+      ["rmem.patch"] = "lua/rmem/patch.lua",
       ["rmem.process"] = "lua/rmem/process.lua",
       ["rmem.protect"] = "lua/rmem/protect.lua",
       ["rmem.region"] = "lua/rmem/region.lua",

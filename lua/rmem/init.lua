@@ -8,10 +8,12 @@ local Region = require "rmem.region"
 local typed = require "rmem.typed"
 local scan = require "rmem.scan"
 local tools = require "rmem.tools"
+local patch = require "rmem.patch"
 
 typed.install(Process, Region, Region._span, core.page_size)
 scan.install(Process)
 tools.install(Process)
+patch.install(Process)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end
