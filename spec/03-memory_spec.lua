@@ -242,16 +242,18 @@ describe("rmem memory operations", function()
     it("walks the whole user space in ascending order, free regions included", function()
       local r <close> = p:alloc(2 * PAGE)
       local reserved <close> = p:alloc(PAGE, { commit = false })
-      local last, seen, states = -1, nil, {}
+      local last, seen, seen_reserved, states = -1, nil, nil, {}
       for info in p:regions() do
         assert.is_true(info.base > last)
         last = info.base
         states[info.state] = true
         if info.base == r.address then seen = info end
+        if info.base == reserved.address then seen_reserved = info end
       end
       assert.same({ commit = true, reserve = true, free = true }, states)
       assert.equal("commit", seen.state)
       assert.equal(2 * PAGE, seen.size)
+      assert.equal("reserve", seen_reserved.state)
     end)
 
     it("filters by state and protection", function()
