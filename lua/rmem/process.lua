@@ -184,14 +184,59 @@ local function register(p, base, size)
 end
 
 local ALLOC_OPTS = { protect = true, commit = true, address = true, top_down = true,
-  large_pages = true, write_watch = true }
+  large_pages = true, write_watch = true, near = true, max_distance = true }
+
+--- Bases for n bytes within max_distance of near (both ends of the
+-- allocation in reach), in free regions, closest first.
+local function bases_near(p, near, n, max_distance)
+  local gran, list = core.granularity, {}
+  local lo, hi = math.max(0, near - max_distance), near + max_distance
+  for info in p:regions { state = "free" } do
+    local b, e = math.max(info.base, lo), math.min(info.base + info.size, hi)
+    -- the granule-aligned base in [b, e - n] closest to near
+    local first = (b + gran - 1) // gran * gran
+    local last = (e - n) // gran * gran
+    if first <= last then
+      local best = math.min(math.max(near // gran * gran, first), last)
+      if best + gran <= last and best + gran - near < near - best then best = best + gran end
+      if best + n - near <= max_distance and near - best <= max_distance then
+        list[#list + 1] = best
+      end
+    end
+    if info.base >= hi then break end
+  end
+  table.sort(list, function(x, y) return math.abs(x - near) < math.abs(y - near) end)
+  return list
+end
 
 --- Allocates memory in the process and returns a Region.
 -- opts: protect ("rw"), commit (true; false reserves only), address,
--- top_down, large_pages, write_watch.
+-- top_down, large_pages, write_watch; near and max_distance (0x7FFF0000)
+-- for free space within reach of an address (code caves, rel32 jumps).
 function Process:alloc(size, opts)
   local h = handle(self, "alloc")
   opts = check.options(opts, 2, "alloc", ALLOC_OPTS)
+  if opts.near ~= nil then
+    local near = check.address(opts.near, 2, "alloc")
+    local reach = opts.max_distance and check.size(opts.max_distance, 2, "alloc") or 0x7FFF0000
+    local n = check.size(size, 1, "alloc")
+    local rest = {}
+    for k, v in pairs(opts) do
+      if k ~= "near" and k ~= "max_distance" then rest[k] = v end
+    end
+    for _, base in ipairs(bases_near(self, near, page_up(n), reach)) do
+      rest.address = base
+      local ok, r = pcall(self.alloc, self, n, rest)
+      if ok then return r end
+      -- taken meanwhile: try the next; any other failure is the answer
+      if not (Error.is_error(r) and (r.name == "ERROR_INVALID_ADDRESS" or r.name == "EEXIST")) then
+        error(r, 0)
+      end
+    end
+    error(Error.new { op = "alloc", name = "NO_SPACE_NEAR", pid = self.pid, address = near, size = n,
+      message = ("no free space for %d bytes within 0x%x bytes of 0x%x."):format(n, reach, near),
+      hint = "free memory near the address, or allow a larger max_distance" }, 0)
+  end
   local want = opts.address and check.address(opts.address, 2, "alloc") -- nil: the OS chooses
   local _, n = check.range(want or 0, size, 0, "alloc")
   local prot = protect.value(opts.protect or "rw", 2, "alloc")
