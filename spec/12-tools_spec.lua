@@ -166,6 +166,23 @@ describe("tools", function()
     end)
   end)
 
+  describe("for people at a prompt", function()
+    it("region infos, modules and the memory map read at a glance", function()
+      local r <close> = p:alloc(2 * PAGE)
+      assert.equal(("RegionInfo 0x%016X +0x2000 commit rw private"):format(r.address),
+        tostring(r:query()))
+      local m = p:module(helpers.target_name)
+      assert.equal(("Module %s 0x%016X +0x%X"):format(m.name, m.base, m.size), tostring(m))
+      local map = p:map()
+      assert.matches("^address +size +state +protect +type +module\n", map)
+      assert.truthy(map:find(("0x%016X 0x2000       commit   rw             private  \n")
+        :format(r.address), 1, true))
+      assert.truthy(map:find(("0x%016X 0x%-10X commit   r"):format(m.base, p:query(m.base).size),
+        1, true))
+      assert.truthy(map:find(helpers.target_name, 1, true))
+    end)
+  end)
+
   describe("hex and hexdump", function()
     it("rmem.hex formats addresses", function()
       assert.equal("0x7FF6A0010000", rmem.hex(0x7FF6A0010000))

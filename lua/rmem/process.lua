@@ -298,15 +298,31 @@ function Process:protect(address, size, prot)
   return protect.name(old)
 end
 
+-- What query and regions return, readable at a prompt.
+local RegionInfo = {
+  __name = "rmem.RegionInfo",
+  __tostring = function(i)
+    return ("RegionInfo 0x%016X +0x%X %s %s %s"):format(i.base, i.size, i.state,
+      i.protect or "-", i.type or "-")
+  end,
+}
+
+local Module = {
+  __name = "rmem.Module",
+  __tostring = function(m)
+    return ("Module %s 0x%016X +0x%X"):format(m.name, m.base, m.size)
+  end,
+}
+
 local function info_of(raw)
-  return {
+  return setmetatable({
     base = raw.base, size = raw.size,
     allocation_base = raw.allocation_base,
     allocation_protect = protect.name(raw.allocation_protect),
     state = STATES[raw.state] or raw.state,
     protect = protect.name(raw.protect),
     type = TYPES[raw.type],
-  }
+  }, RegionInfo)
 end
 
 --- The region of pages that share state, protection and type with the page
@@ -368,6 +384,7 @@ end
 function Process:modules()
   local list, msg, code = handle(self, "modules"):modules()
   if not list then fail(self, "modules", msg, code) end
+  for _, m in ipairs(list) do setmetatable(m, Module) end
   return list
 end
 
@@ -384,6 +401,23 @@ function Process:module(name)
     if fold(m.name) == wanted then return m end
   end
   return nil
+end
+
+--- A memory map like a debugger's: one line per region that is not free,
+-- with address, size, state, protection, type and the module it belongs to.
+function Process:map()
+  local mods = self:modules()
+  local lines = { ("%-18s %-12s %-8s %-14s %-8s %s"):format("address", "size", "state",
+    "protect", "type", "module") }
+  for info in self:regions { state = { "commit", "reserve" } } do
+    local owner = ""
+    for _, m in ipairs(mods) do
+      if info.base >= m.base and info.base < m.base + m.size then owner = m.name break end
+    end
+    lines[#lines + 1] = ("0x%016X 0x%-10X %-8s %-14s %-8s %s"):format(info.base, info.size,
+      info.state, info.protect or "-", info.type or "-", owner)
+  end
+  return table.concat(lines, "\n")
 end
 
 --- Reads n bytes; a partial read raises an error that says how many bytes
