@@ -147,6 +147,16 @@ describe("tools", function()
       assert.equal(3, n)
     end)
 
+    it("a target that exits mid-scan ends it with the error, not with fewer matches", function()
+      local r <close> = p:alloc(3 * 1024 * 1024)
+      r:keep()
+      local it = p:scan("12 34 56 78", { from = r.address, to = r.address + r.size })
+      t:stop(0)
+      local e = helpers.error_of(it)
+      assert.is_true(rmem.is_error(e))
+      assert.equal("the process has exited (exit code 0)", e.hint)
+    end)
+
     it("rejects malformed patterns, naming the token", function()
       for pattern, msg in pairs {
         ["48 8B GG"] = "bad token 'GG' at position 7",

@@ -100,6 +100,8 @@ end
 local function read_pieces(p, a, b)
   local ok, data = pcall(p.read, p, a, b - a)
   if ok then return { { a, data } } end
+  -- a target that exited (or a closed process) ends the scan with its error
+  if not p:is_alive() then error(data, 0) end
   local pieces, page = {}, core.page_size
   local x = a
   while x < b do
