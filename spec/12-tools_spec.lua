@@ -208,3 +208,61 @@ describe("tools", function()
     end)
   end)
 end)
+
+describe("p:call()", function()
+  -- return arg + 1, in each platform's calling convention
+  local code = helpers.windows and "\x48\x8D\x41\x01\xC3" or "\x48\x8D\x47\x01\xC3"
+  local code32 = "\x8B\x44\x24\x04\x83\xC0\x01\xC3"
+
+  -- (the regions are not <close>: the targets are stopped first, and
+  -- their memory goes with them)
+  local function prepare(p, bytes)
+    local r = p:alloc(rmem.page_size, { protect = "rwx" })
+    r:write(0, bytes)
+    return r
+  end
+
+  it("runs a function in the target and returns its result", function()
+    local t = helpers.start_target()
+    local p <close> = rmem.open(t.pid, { access = "all" })
+    local r = prepare(p, code)
+    assert.equal(42, p:call(r.address, 41))
+    assert.equal(1, p:call(r.address))
+    assert.equal(100, p:call(r.address, 99, { timeout = 2000 }))
+    t:stop()
+  end)
+
+  helpers.win_it("needs { access = \"all\" } on Windows", function()
+    local t = helpers.start_target()
+    local p <close> = rmem.open(t.pid)
+    local r = prepare(p, code)
+    local e = helpers.error_of(p.call, p, r.address, 1)
+    assert.equal("ERROR_ACCESS_DENIED", e.name)
+    assert.matches("access = \"all\"", e.hint)
+    t:stop()
+  end)
+
+  helpers.linux_it("a function that hangs or faults: an error, and the target carries on", function()
+    local t = helpers.start_target()
+    local p <close> = rmem.open(t.pid)
+    local r = prepare(p, "\xEB\xFE") -- jmp $
+    local e = helpers.error_of(p.call, p, r.address, 0, { timeout = 100 })
+    assert.equal("ETIMEDOUT", e.name)
+    r:write(0, "\x0F\x0B") -- ud2
+    e = helpers.error_of(p.call, p, r.address)
+    assert.equal("EFAULT", e.name)
+    assert.matches("faulted", e.hint)
+    r:write(0, code)
+    assert.equal(8, p:call(r.address, 7))
+    t.proc:send("exit 6\n")
+    assert.equal(6, t.proc:wait())
+  end)
+
+  helpers.linux_it("a 32-bit target (cdecl)", function()
+    local t = helpers.start_target { bits = 32 }
+    local p <close> = rmem.open(t.pid)
+    local r = prepare(p, code32)
+    assert.equal(42, p:call(r.address, 41))
+    t:stop()
+  end)
+end)

@@ -67,6 +67,11 @@ rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done);
 rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n,
                 size_t *done);
 
+/* Runs fn(arg) in the process (a remote thread on Windows, a borrowed
+ * thread on Linux) and waits at most timeout_ms for its result. */
+rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
+               uintptr_t *result);
+
 /* One module: an executable or library mapped into a process. */
 typedef struct rb_module {
   uintptr_t base;

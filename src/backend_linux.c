@@ -556,6 +556,35 @@ static void add_call(calls *cs, int which, long a0, long a1, long a2, long a3, l
   c->ret = 0;
 }
 
+static rb_err need(const rb_proc *p, unsigned long right) {
+  return (p->access & right) ? 0 : EACCES;
+}
+
+/* ESRCH for a target gone or replaced, EPERM for one under a seccomp filter
+ * (it applies to injected calls too; one rule may kill the target). */
+static rb_err injectable(rb_proc *p) {
+  char status[4096];
+  const char *seccomp;
+  rb_err e;
+  if ((e = check_same(p)) || (e = read_proc(p->pid, "status", status, sizeof status)))
+    return e;
+  seccomp = strstr(status, "Seccomp:");
+  return seccomp && strtol(seccomp + 8, NULL, 10) != 0 ? EPERM : 0;
+}
+
+rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
+               uintptr_t *result) {
+  rb_err e;
+  if ((e = need(p, PROCESS_VM_OPERATION)))
+    return e;
+  if (p->is_self)
+    return EINVAL; /* the host cannot trace itself */
+  if ((e = injectable(p)))
+    return e;
+  e = rb_inject_fn(p->pid, p->bits == 32, fn, arg, timeout_ms, result);
+  return e && check_same(p) ? ESRCH : e;
+}
+
 /* Runs the batch in the target; the first failing call's errno, or 0. */
 static rb_err run_calls(rb_proc *p, calls *cs) {
   int i;
@@ -569,14 +598,8 @@ static rb_err run_calls(rb_proc *p, calls *cs) {
         c->ret = -errno;
     }
   } else {
-    char status[4096];
-    const char *seccomp;
-    if ((e = check_same(p)) || (e = read_proc(p->pid, "status", status, sizeof status)))
+    if ((e = injectable(p)))
       return e;
-    /* a seccomp filter applies to injected calls too; one rule may kill it */
-    seccomp = strstr(status, "Seccomp:");
-    if (seccomp && strtol(seccomp + 8, NULL, 10) != 0)
-      return EPERM;
     e = rb_inject(p->pid, cs->is32, cs->c, cs->n);
     if (e)
       return e == ESRCH || check_same(p) ? ESRCH : e;
@@ -631,9 +654,6 @@ static rb_err commit_range(rb_proc *p, alloc *a, uintptr_t lo, uintptr_t hi, int
 static uintptr_t down(uintptr_t a) { return a & ~(uintptr_t)(rb_page_size() - 1); }
 static uintptr_t up(uintptr_t a) { return down(a + rb_page_size() - 1); }
 
-static rb_err need(const rb_proc *p, unsigned long right) {
-  return (p->access & right) ? 0 : EACCES;
-}
 
 rb_err rb_alloc(rb_proc *p, uintptr_t addr, size_t size, unsigned long type,
                 unsigned long protect, uintptr_t *out) {
@@ -861,6 +881,6 @@ const rb_error_entry rb_error_names[] = {
   {EIO, "EIO"}, {E2BIG, "E2BIG"}, {ECHILD, "ECHILD"}, {EAGAIN, "EAGAIN"},
   {ENOMEM, "ENOMEM"}, {EACCES, "EACCES"}, {EFAULT, "EFAULT"}, {EBUSY, "EBUSY"},
   {EEXIST, "EEXIST"}, {EINVAL, "EINVAL"}, {ENOSYS, "ENOSYS"}, {ELOOP, "ELOOP"},
-  {EPROTO, "EPROTO"}, {EOVERFLOW, "EOVERFLOW"}, {ENOTSUP, "ENOTSUP"},
+  {EPROTO, "EPROTO"}, {ETIMEDOUT, "ETIMEDOUT"}, {EOVERFLOW, "EOVERFLOW"}, {ENOTSUP, "ENOTSUP"},
   {0, NULL}
 };

@@ -236,6 +236,23 @@ rb_err rb_modules(rb_proc *p, rb_module *list, size_t cap, size_t *count) {
   return 0;
 }
 
+rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
+               uintptr_t *result) {
+  DWORD code = 0, w;
+  rb_err e = 0;
+  HANDLE t = CreateRemoteThread(p->h, NULL, 0, (LPTHREAD_START_ROUTINE)fn, (LPVOID)arg, 0, NULL);
+  if (t == NULL)
+    return last_error();
+  w = WaitForSingleObject(t, (DWORD)timeout_ms);
+  if (w == WAIT_TIMEOUT)
+    e = ERROR_TIMEOUT; /* the thread runs on; its handle is closed all the same */
+  else if (w != WAIT_OBJECT_0 || !GetExitCodeThread(t, &code))
+    e = last_error();
+  CloseHandle(t);
+  *result = (uintptr_t)code;
+  return e;
+}
+
 rb_err rb_enable_debug_privilege(void) {
   HANDLE token;
   TOKEN_PRIVILEGES tp;
@@ -286,6 +303,7 @@ const rb_error_entry rb_error_names[] = {
   {ERROR_ALREADY_EXISTS, "ERROR_ALREADY_EXISTS"},
   {ERROR_PARTIAL_COPY, "ERROR_PARTIAL_COPY"},
   {ERROR_BAD_LENGTH, "ERROR_BAD_LENGTH"},
+  {ERROR_TIMEOUT, "ERROR_TIMEOUT"},
   {ERROR_INVALID_ADDRESS, "ERROR_INVALID_ADDRESS"},
   {ERROR_COMMITMENT_MINIMUM, "ERROR_COMMITMENT_MINIMUM"},
   {ERROR_NOACCESS, "ERROR_NOACCESS"},

@@ -279,6 +279,20 @@ static int h_write(lua_State *L) {
   return 1;
 }
 
+/* h:call(fn [, arg [, timeout_ms]]) -> fn's result */
+static int h_call(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t fn = check_address(L, 2), arg = lua_isnoneornil(L, 3) ? 0 : check_address(L, 3);
+  lua_Integer timeout = luaL_optinteger(L, 4, 5000);
+  uintptr_t result = 0;
+  rb_err e;
+  luaL_argcheck(L, timeout >= 0 && timeout <= 0x7FFFFFFF, 4, "timeout out of range");
+  if ((e = rb_call(p, fn, arg, (unsigned long)timeout, &result)))
+    return os_fail(L, "call", e);
+  lua_pushinteger(L, (lua_Integer)result);
+  return 1;
+}
+
 /* h:modules() -> { {name=, base=, size=, path=}, ... } */
 static int h_modules(lua_State *L) {
   rb_proc *p = check_proc(L);
@@ -481,6 +495,7 @@ static const luaL_Reg methods[] = {
   {"is_alive", h_is_alive},
   {"exit_code", h_exit_code},
   {"modules", h_modules},
+  {"call", h_call},
   {"pid", h_pid},
   {"bits", h_bits},
   {"name", h_name},

@@ -28,6 +28,7 @@
 #include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "inject_linux.h"
@@ -47,12 +48,10 @@ typedef struct session {
 
 /* ---- before the fork: where and in which thread ---------------------------- */
 
-/* The address of a `syscall` (or, 32-bit, `int $0x80`) instruction in the
- * target's vDSO. */
-static rb_err find_gadget(pid_t pid, int is32, uintptr_t *out) {
+/* The address of the instruction bytes insn[0..len) in the target's vDSO. */
+static rb_err find_in_vdso(pid_t pid, const unsigned char *insn, size_t len, uintptr_t *out) {
   char path[64], line[512];
   unsigned char code[16384];
-  const unsigned char insn[2] = {is32 ? 0xcd : 0x0f, is32 ? 0x80 : 0x05};
   FILE *f;
   unsigned long lo = 0, hi = 0;
   int found = 0;
@@ -71,8 +70,8 @@ static rb_err find_gadget(pid_t pid, int is32, uintptr_t *out) {
     remote.iov_base = (void *)lo;
     remote.iov_len = n;
     got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
-    if (got > 1) {
-      unsigned char *at = (unsigned char *)memmem(code, (size_t)got, insn, 2);
+    if (got > 0) {
+      unsigned char *at = (unsigned char *)memmem(code, (size_t)got, insn, len);
       if (at) {
         *out = (uintptr_t)lo + (uintptr_t)(at - code);
         return 0;
@@ -80,6 +79,12 @@ static rb_err find_gadget(pid_t pid, int is32, uintptr_t *out) {
     }
   }
   return ENOSYS; /* no vDSO, or no such instruction in it */
+}
+
+/* A `syscall` (or, 32-bit, `int $0x80`) instruction in the target. */
+static rb_err find_gadget(pid_t pid, int is32, uintptr_t *out) {
+  const unsigned char insn[2] = {is32 ? 0xcd : 0x0f, is32 ? 0x80 : 0x05};
+  return find_in_vdso(pid, insn, sizeof insn, out);
 }
 
 /* A thread to borrow: one blocked in a call the kernel restarts by itself
@@ -281,7 +286,74 @@ typedef struct job {
   int n;
   rb_err err;
   int ran; /* calls that ran */
+  /* a function call instead of system calls (calls == NULL) */
+  uintptr_t fn, arg, trap, result;
+  unsigned long timeout_ms;
 } job;
+
+static double seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Waits for the next stop of the thread until deadline; ETIMEDOUT then. */
+static rb_err wait_until(pid_t tid, int *st, double deadline) {
+  struct timespec nap = {0, 200000};
+  for (;;) {
+    pid_t w = waitpid(tid, st, __WALL | WNOHANG);
+    if (w < 0 && errno != EINTR)
+      return errno == ECHILD ? ESRCH : (rb_err)errno;
+    if (w == tid)
+      return WIFEXITED(*st) || WIFSIGNALED(*st) ? ESRCH : 0;
+    if (seconds() > deadline)
+      return ETIMEDOUT;
+    nanosleep(&nap, NULL);
+  }
+}
+
+static rb_err run_fn(job *j) {
+  session *s = &j->s;
+  struct user_regs_struct g = s->saved, now;
+  unsigned long long aligned = (s->saved.rsp - 512) & ~15ULL; /* below the red zone */
+  unsigned long long sp = aligned - (s->is32 ? 4 : 8);
+  /* the return address, and for cdecl the argument above it */
+  unsigned long word = s->is32 ? (unsigned long)(uint32_t)j->trap | (unsigned long)(uint32_t)j->arg << 32
+                               : (unsigned long)j->trap;
+  double deadline = seconds() + (double)j->timeout_ms / 1000.0;
+  int st;
+  rb_err e;
+  g.rip = j->fn;
+  g.rsp = sp;
+  g.orig_rax = (unsigned long long)-1;
+  g.rdi = j->arg;
+  if (ptrace(PTRACE_POKEDATA, s->tid, (void *)sp, (void *)word) ||
+      ptrace(PTRACE_SETREGS, s->tid, 0, &g))
+    return (rb_err)errno;
+  s->regs_dirty = 1;
+  for (;;) {
+    int sig;
+    if (ptrace(PTRACE_CONT, s->tid, 0, 0))
+      return (rb_err)errno;
+    if ((e = wait_until(s->tid, &st, deadline))) {
+      if (e == ETIMEDOUT && ptrace(PTRACE_INTERRUPT, s->tid, 0, 0) == 0)
+        wait_stop(s->tid, &st);
+      return e;
+    }
+    if ((st >> 16) != 0)
+      continue; /* an interrupt or a group stop: resume */
+    sig = WSTOPSIG(st);
+    if (ptrace(PTRACE_GETREGS, s->tid, 0, &now))
+      return (rb_err)errno;
+    if (sig == SIGTRAP && now.rip == j->trap + 1) { /* fn returned into the int3 */
+      j->result = s->is32 ? (uintptr_t)(uint32_t)now.rax : (uintptr_t)now.rax;
+      return 0;
+    }
+    if (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE)
+      return EFAULT; /* fn crashed: the thread never sees it */
+    keep_signal(s);
+  }
+}
 
 static int helper(void *arg) {
   job *j = (job *)arg;
@@ -290,7 +362,9 @@ static int helper(void *arg) {
   sigprocmask(SIG_BLOCK, &all, NULL);
   setpgid(0, 0);
   j->err = attach(&j->s);
-  while (j->err == 0 && j->ran < j->n) {
+  if (j->err == 0 && j->calls == NULL)
+    j->err = run_fn(j);
+  while (j->err == 0 && j->calls != NULL && j->ran < j->n) {
     rb_inject_call *c = &j->calls[j->ran];
     if ((j->err = run_one(&j->s, c)))
       break;
@@ -306,35 +380,54 @@ static int helper(void *arg) {
 
 #define HELPER_STACK (256 * 1024)
 
-rb_err rb_inject(pid_t pid, int is32, rb_inject_call *calls, int n) {
-  job j;
+/* Runs the helper for job j (prepared but for the thread) and waits for it. */
+static rb_err run_job(job *j) {
   void *stack;
   pid_t child;
   rb_err e;
   int st;
-  memset(&j, 0, sizeof j);
-  j.s.pid = pid;
-  j.s.is32 = is32;
-  j.calls = calls;
-  j.n = n;
-  if ((e = find_gadget(pid, is32, &j.s.gadget)))
-    return e;
-  j.s.tid = choose_thread(pid, is32);
-  j.s.syscall_step = ignores_sigtrap(j.s.tid);
+  j->s.tid = choose_thread(j->s.pid, j->s.is32);
+  j->s.syscall_step = ignores_sigtrap(j->s.tid);
   stack = mmap(NULL, HELPER_STACK, PROT_READ | PROT_WRITE,
                MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
   if (stack == MAP_FAILED)
     return (rb_err)errno;
   /* exit signal 0: no SIGCHLD; CLONE_VFORK: we resume once it has exited */
-  child = clone(helper, (char *)stack + HELPER_STACK, CLONE_VM | CLONE_VFORK, &j);
+  child = clone(helper, (char *)stack + HELPER_STACK, CLONE_VM | CLONE_VFORK, j);
   e = child < 0 ? (rb_err)errno : 0;
   if (child > 0)
     while (waitpid(child, &st, __WALL) < 0 && errno == EINTR)
       ;
   munmap(stack, HELPER_STACK);
-  if (e)
+  return e ? e : j->err;
+}
+
+rb_err rb_inject(pid_t pid, int is32, rb_inject_call *calls, int n) {
+  job j;
+  rb_err e;
+  memset(&j, 0, sizeof j);
+  j.s.pid = pid;
+  j.s.is32 = is32;
+  j.calls = calls;
+  j.n = n;
+  if ((e = find_gadget(pid, is32, &j.s.gadget)) || (e = run_job(&j)))
     return e;
-  if (j.err)
-    return j.err;
   return j.ran == 0 && n > 0 ? EPROTO : 0;
+}
+
+rb_err rb_inject_fn(pid_t pid, int is32, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
+                    uintptr_t *result) {
+  static const unsigned char int3 = 0xCC;
+  job j;
+  rb_err e;
+  memset(&j, 0, sizeof j);
+  j.s.pid = pid;
+  j.s.is32 = is32;
+  j.fn = fn;
+  j.arg = arg;
+  j.timeout_ms = timeout_ms;
+  if ((e = find_in_vdso(pid, &int3, 1, &j.trap)) || (e = run_job(&j)))
+    return e;
+  *result = j.result;
+  return 0;
 }

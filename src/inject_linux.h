@@ -23,4 +23,13 @@ typedef struct rb_inject_call {
  * from running. */
 rb_err rb_inject(pid_t pid, int is32, rb_inject_call *calls, int n);
 
+/* Calls fn(arg) in one thread of process pid (System V x86_64, or cdecl
+ * for 32-bit targets), on that thread's stack below its red zone, returning
+ * into an int3 of the vDSO; the thread's registers and signal mask are
+ * restored afterwards whatever happens. Waits at most timeout_ms: then
+ * ETIMEDOUT (the call is abandoned where it stands); a fault inside fn
+ * gives EFAULT. *result is fn's return value (rax / eax). */
+rb_err rb_inject_fn(pid_t pid, int is32, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
+                    uintptr_t *result);
+
 #endif

@@ -72,6 +72,14 @@ local hints = {
     ERROR_INVALID_PARAMETER = "the protection is not valid for these pages "
       .. "(committed pages of one allocation, one PAGE_* value plus modifiers)",
   },
+  call = {
+    ERROR_ACCESS_DENIED = "remote calls need PROCESS_CREATE_THREAD: open with { access = \"all\" }",
+    ERROR_TIMEOUT = "the function did not return in time; its thread runs on in the target",
+    ETIMEDOUT = "the function did not return in time; the call was abandoned and the "
+      .. "borrowed thread restored",
+    EFAULT = "the function faulted; the borrowed thread was restored and never saw the fault",
+    EINVAL = "a process cannot call into itself this way on Linux",
+  },
   query = {
     EINVAL = "the address is above the highest user-mode address",
     ERROR_INVALID_PARAMETER = "the address is above the highest user-mode address",

@@ -403,6 +403,22 @@ function Process:module(name)
   return nil
 end
 
+--- Runs the function at fn_address in the process with one argument (an
+-- integer, 0 by default) and returns its result: a remote thread's exit
+-- code on Windows (open with { access = "all" }), the return value on
+-- Linux, where a thread of the target runs it and is restored afterwards.
+-- opts.timeout: milliseconds to wait (5000).
+function Process:call(fn_address, arg, opts)
+  local h = handle(self, "call", fn_address)
+  local fn = check.address(fn_address, 1, "call")
+  local a = arg == nil and 0 or check.integer(arg, 2, "call", "arg")
+  opts = check.options(opts, 3, "call", { timeout = true })
+  local timeout = opts.timeout and check.size(opts.timeout, 3, "call") or 5000
+  local result, msg, code = h:call(fn, a, timeout)
+  if not result then fail(self, "call", msg, code, fn) end
+  return result
+end
+
 --- A memory map like a debugger's: one line per region that is not free,
 -- with address, size, state, protection, type and the module it belongs to.
 function Process:map()
