@@ -83,7 +83,6 @@ local function with_protection(p, address, size, prot, fn)
 end
 
 return {
-  Patch = Patch,
   install = function(Process)
     Process.patch = patch
     Process.with_protection = with_protection

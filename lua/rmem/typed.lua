@@ -58,7 +58,7 @@ local function read_units(p, address, max, unit, page)
 end
 
 --- UTF-16LE to UTF-8; a lone surrogate becomes U+FFFD.
-function typed.utf16_to_utf8(s)
+local function utf16_to_utf8(s)
   local out, i, n = {}, 1, #s - 1
   while i <= n do
     local c = string.unpack("<I2", s, i)
@@ -80,7 +80,7 @@ function typed.utf16_to_utf8(s)
 end
 
 --- UTF-8 to UTF-16LE; raises an argument error for invalid UTF-8.
-function typed.utf8_to_utf16(s, fname)
+local function utf8_to_utf16(s, fname)
   local ok, units = pcall(function()
     local out = {}
     for _, c in utf8.codes(s) do
@@ -141,7 +141,7 @@ local function process_methods(Process, page)
   end
   --- UTF-16LE up to a NUL unit or max units (4096), as UTF-8.
   function Process:read_wstring(address, max)
-    return typed.utf16_to_utf8(read_units(self, address, max_of(max, "read_wstring"), 2, page))
+    return utf16_to_utf8(read_units(self, address, max_of(max, "read_wstring"), 2, page))
   end
   --- Writes the bytes and a NUL; returns the bytes written.
   function Process:write_string(address, text, opts)
@@ -151,7 +151,7 @@ local function process_methods(Process, page)
   --- Writes UTF-8 text as UTF-16LE and a NUL unit; returns the bytes written.
   function Process:write_wstring(address, text, opts)
     check_string(text, "write_wstring")
-    return self:write(address, typed.utf8_to_utf16(text, "write_wstring") .. "\0\0", opts)
+    return self:write(address, utf8_to_utf16(text, "write_wstring") .. "\0\0", opts)
   end
   --- string.unpack(fmt) over exactly string.packsize(fmt) bytes.
   function Process:unpack(address, fmt)
@@ -197,7 +197,7 @@ local function region_methods(Region, span)
   end)
   sized("write_wstring", function(_, text)
     check_string(text, "write_wstring")
-    return #typed.utf8_to_utf16(text, "write_wstring") + 2
+    return #utf8_to_utf16(text, "write_wstring") + 2
   end)
   -- strings stop at the region's end at the latest
   for name, unit in pairs { read_string = 1, read_wstring = 2 } do
