@@ -42,7 +42,7 @@ test:
 	  wrc=$$?; scripts/wine-stop; [ $$lrc -eq 0 ] && [ $$wrc -eq 0 ]
 
 linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target \
-	$(LIN)/rmem-target32
+	$(LIN)/rmem-target32 $(LIN)/rmem-payload.so $(LIN)/rmem-payload32.so
 
 $(LIN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
 	@mkdir -p $(@D)
@@ -62,11 +62,22 @@ $(LIN)/rmem-target: examples/target.c
 $(LIN)/rmem-target32: examples/target.c
 	gcc -m32 $(CFLAGS) -D_POSIX_C_SOURCE=200809L -pthread -o $@ $<
 
-windows: $(WIN)/lib/rmem/core.dll $(WIN)/lib/testproc.dll $(WIN)/bin/rmem-target.exe
+# a library to load into targets (examples/inject_library.lua)
+$(LIN)/rmem-payload.so: examples/payload.c
+	gcc $(CFLAGS) -fPIC -shared -o $@ $<
+
+$(LIN)/rmem-payload32.so: examples/payload.c
+	gcc -m32 $(CFLAGS) -fPIC -shared -o $@ $<
+
+windows: $(WIN)/lib/rmem/core.dll $(WIN)/lib/testproc.dll $(WIN)/bin/rmem-target.exe \
+	$(WIN)/bin/rmem-payload.dll
 
 $(WIN)/lib/rmem/core.dll: $(CORE_SRC) $(CORE_HDR) $(WIN)/include/lua.h
 	@mkdir -p $(@D)
 	$(WIN_DLL) -o $@ $(CORE_SRC) $(WIN_LUA) -ladvapi32
+
+$(WIN)/bin/rmem-payload.dll: examples/payload.c
+	$(WIN_CC) $(CFLAGS) -shared -o $@ $<
 
 $(WIN)/lib/testproc.dll: spec/support/testproc_win.c $(WIN)/include/lua.h
 	$(WIN_DLL) -o $@ $< $(WIN_LUA)
@@ -81,5 +92,6 @@ lint:
 	luacheck -q lua spec examples rmem-scm-1.rockspec .busted .luacheckrc
 
 clean:
-	rm -rf $(LIN) $(LIN_ASAN) build/windows/lib/rmem build/windows/lib/testproc.dll build/windows/bin/rmem-target.exe
+	rm -rf $(LIN) $(LIN_ASAN) build/windows/lib/rmem build/windows/lib/testproc.dll build/windows/bin/rmem-target.exe \
+	  build/windows/bin/rmem-payload.dll
 

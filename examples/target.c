@@ -3,7 +3,7 @@
  * does nothing, so whatever changes in its memory was done from outside.
  *
  *   rmem-target [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N]
- *               [--seccomp] [--until-eof]
+ *               [--seccomp] [--tick] [--until-eof]
  *
  * --ready-event NAME  Windows: set the named event once started (the test helper)
  * --ready-fd N        POSIX: write "ready\n" to descriptor N and close it (the test helper)
@@ -11,6 +11,8 @@
  * --threads N         POSIX: start N more threads, the first busy, the others
  *                     sleeping in a loop (for the injection specs)
  * --seccomp           Linux: run under an allow-all seccomp filter
+ * --tick              call tick() every millisecond in a thread: it adds 1 to
+ *                     score (examples/code_cave.lua changes that from outside)
  * --until-eof         read commands from standard input: "exit N" exits with
  *                     code N, end of input exits 0; otherwise idle until killed
  */
@@ -20,6 +22,28 @@
 #ifdef _WIN32
 #include <windows.h>
 #define getpid() GetCurrentProcessId()
+#define NOINLINE __declspec(noinline)
+#else
+#define NOINLINE __attribute__((noinline))
+#endif
+
+volatile int score;
+
+/* Compiles to "mov eax, [score]; add eax, 1; mov [score], eax; ret" with
+ * gcc and MinGW -O2, the code examples/code_cave.lua looks for. */
+NOINLINE void tick(void) {
+  score += 1;
+}
+
+#ifdef _WIN32
+static DWORD WINAPI ticker(LPVOID arg) {
+  (void)arg;
+  for (;;) {
+    tick();
+    Sleep(1);
+  }
+  return 0;
+}
 #else
 #include <pthread.h>
 #include <time.h>
@@ -44,6 +68,16 @@ static void *busy(void *arg) {
   return NULL;
 }
 
+static void *ticker(void *arg) {
+  struct timespec ts = {0, 1000000};
+  (void)arg;
+  for (;;) {
+    tick();
+    nanosleep(&ts, NULL);
+  }
+  return NULL;
+}
+
 static void *sleeper(void *arg) {
   struct timespec ts = {0, 1000000};
   (void)arg;
@@ -58,6 +92,15 @@ int main(int argc, char **argv) {
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--until-eof") == 0) {
       until_eof = 1;
+    } else if (strcmp(argv[i], "--tick") == 0) {
+#ifdef _WIN32
+      if (CreateThread(NULL, 0, ticker, NULL, 0, NULL) == NULL)
+        return 4;
+#else
+      pthread_t th;
+      if (pthread_create(&th, NULL, ticker, NULL) != 0)
+        return 4;
+#endif
     } else if (strcmp(argv[i], "--pid-file") == 0 && i + 1 < argc) {
       FILE *f = fopen(argv[++i], "w");
       if (f == NULL)
@@ -90,7 +133,8 @@ int main(int argc, char **argv) {
       close(fd);
 #endif
     } else {
-      fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--until-eof]\n",
+      fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N] "
+                      "[--seccomp] [--tick] [--until-eof]\n",
               argv[0]);
       return 1;
     }

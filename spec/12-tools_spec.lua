@@ -242,6 +242,17 @@ describe("p:call()", function()
     t:stop()
   end)
 
+  it("a function that hangs is stopped at the timeout, and the target carries on", function()
+    local t = helpers.start_target()
+    local p <close> = rmem.open(t.pid, { access = "all" })
+    local r = prepare(p, "\xEB\xFE") -- jmp $
+    local e = helpers.error_of(p.call, p, r.address, 0, { timeout = 100 })
+    assert.equal(helpers.windows and "ERROR_TIMEOUT" or "ETIMEDOUT", e.name)
+    r:write(0, code)
+    assert.equal(8, p:call(r.address, 7))
+    t:stop()
+  end)
+
   helpers.linux_it("a function that hangs or faults: an error, and the target carries on", function()
     local t = helpers.start_target()
     local p <close> = rmem.open(t.pid)

@@ -59,13 +59,28 @@ helpers.no_pid_name = helpers.windows and "ERROR_INVALID_PARAMETER" or "ESRCH"
 helpers.target_path = helpers.windows and helpers.root .. "/build/windows/bin/rmem-target.exe"
   or helpers.root .. "/build/linux/rmem-target"
 
-local function start(path, opts)
+--- The library examples/payload.c, built for the target (bits = 32: Linux's
+-- 32-bit one), as the target's platform writes its path.
+function helpers.payload_path(bits)
   if helpers.windows then
-    return testproc.start('"' .. path:gsub("/", "\\") .. '"')
+    return helpers.native_path(helpers.root .. "/build/windows/bin/rmem-payload.dll")
   end
+  return helpers.root .. (bits == 32 and "/build/linux/rmem-payload32.so" or "/build/linux/rmem-payload.so")
+end
+
+--- A path as the target's platform writes it.
+function helpers.native_path(path)
+  return helpers.windows and path:gsub("/", "\\") or path
+end
+
+local function start(path, opts)
   local args = {}
   if opts.threads then args = { "--threads", tostring(opts.threads) } end
   if opts.seccomp then args[#args + 1] = "--seccomp" end
+  if opts.tick then args[#args + 1] = "--tick" end
+  if helpers.windows then
+    return testproc.start(table.concat({ '"' .. helpers.native_path(path) .. '"', table.unpack(args) }, " "))
+  end
   return testproc.start(path, table.unpack(args))
 end
 
@@ -74,7 +89,8 @@ end
 -- in a job object that kills it when the test run ends; on Linux it gets
 -- SIGKILL when the host dies. opts (Linux): bits = 32 for the 32-bit
 -- target, threads = N for N more threads, seccomp = true for a target
--- under a seccomp filter. On Linux the object also has
+-- under a seccomp filter; tick = true (both) for a thread calling tick()
+-- every millisecond (examples/code_cave.lua). On Linux the object also has
 -- proc, testproc's own handle (send, wait, trace, untrace).
 function helpers.start_target(opts)
   opts = opts or {}

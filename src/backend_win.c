@@ -244,9 +244,12 @@ rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms
   if (t == NULL)
     return last_error();
   w = WaitForSingleObject(t, (DWORD)timeout_ms);
-  if (w == WAIT_TIMEOUT)
-    e = ERROR_TIMEOUT; /* the thread runs on; its handle is closed all the same */
-  else if (w != WAIT_OBJECT_0 || !GetExitCodeThread(t, &code))
+  if (w == WAIT_TIMEOUT) {
+    /* Abandon the call as Linux does, so the caller may free what fn uses. */
+    e = ERROR_TIMEOUT;
+    if (TerminateThread(t, ERROR_TIMEOUT))
+      WaitForSingleObject(t, 5000);
+  } else if (w != WAIT_OBJECT_0 || !GetExitCodeThread(t, &code))
     e = last_error();
   CloseHandle(t);
   *result = (uintptr_t)code;
@@ -303,10 +306,14 @@ const rb_error_entry rb_error_names[] = {
   {ERROR_ALREADY_EXISTS, "ERROR_ALREADY_EXISTS"},
   {ERROR_PARTIAL_COPY, "ERROR_PARTIAL_COPY"},
   {ERROR_BAD_LENGTH, "ERROR_BAD_LENGTH"},
+  {ERROR_MOD_NOT_FOUND, "ERROR_MOD_NOT_FOUND"},
+  {ERROR_PROC_NOT_FOUND, "ERROR_PROC_NOT_FOUND"},
+  {ERROR_BAD_EXE_FORMAT, "ERROR_BAD_EXE_FORMAT"},
   {ERROR_TIMEOUT, "ERROR_TIMEOUT"},
   {ERROR_INVALID_ADDRESS, "ERROR_INVALID_ADDRESS"},
   {ERROR_COMMITMENT_MINIMUM, "ERROR_COMMITMENT_MINIMUM"},
   {ERROR_NOACCESS, "ERROR_NOACCESS"},
+  {ERROR_DLL_INIT_FAILED, "ERROR_DLL_INIT_FAILED"},
   {ERROR_INVALID_FLAGS, "ERROR_INVALID_FLAGS"},
   {ERROR_PROCESS_ABORTED, "ERROR_PROCESS_ABORTED"},
   {ERROR_NOT_ALL_ASSIGNED, "ERROR_NOT_ALL_ASSIGNED"},

@@ -9,11 +9,13 @@ local typed = require "rmem.typed"
 local scan = require "rmem.scan"
 local tools = require "rmem.tools"
 local patch = require "rmem.patch"
+local remote = require "rmem.remote"
 
 typed.install(Process, Region, Region._span, core.page_size)
 scan.install(Process)
 tools.install(Process)
 patch.install(Process)
+remote.install(Process)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end

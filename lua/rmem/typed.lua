@@ -80,7 +80,7 @@ local function utf16_to_utf8(s)
 end
 
 --- UTF-8 to UTF-16LE; raises an argument error for invalid UTF-8.
-local function utf8_to_utf16(s, fname)
+local function utf8_to_utf16(s, fname, n)
   local ok, units = pcall(function()
     local out = {}
     for _, c in utf8.codes(s) do
@@ -93,7 +93,7 @@ local function utf8_to_utf16(s, fname)
     end
     return table.concat(out)
   end)
-  if not ok then check.argerror(2, fname, "text is not valid UTF-8") end
+  if not ok then check.argerror(n or 2, fname, "text is not valid UTF-8") end
   return units
 end
 
@@ -207,6 +207,11 @@ local function region_methods(Region, span)
       return r.process[name](r.process, a, math.min(max_of(max, name), room))
     end
   end
+end
+
+--- UTF-8 to UTF-16LE for argument n of fname (an error if not UTF-8).
+function typed.utf16(s, n, fname)
+  return utf8_to_utf16(s, fname, n)
 end
 
 function typed.install(Process, Region, span, page)
