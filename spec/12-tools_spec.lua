@@ -113,6 +113,27 @@ describe("tools", function()
       assert.same({ r.address, r.address + 4 }, p:scan_all("90 90", range))
     end)
 
+    it("reports progress, and stops when progress returns false", function()
+      local size = 3 * 1024 * 1024
+      local r <close> = p:alloc(size)
+      for off = 0, size - 1, 1024 * 1024 do r:write(off + 8, "\x5A\xA5\x24\x42") end
+      local range = { from = r.address, to = r.address + size }
+      local calls = {}
+      range.progress = function(done, total) calls[#calls + 1] = { done, total } end
+      assert.equal(3, #p:scan_all("5A A5 24 42", range))
+      assert.equal(3, #calls)
+      assert.same({ size, size }, calls[3])
+      for i = 2, 3 do assert.is_true(calls[i][1] > calls[i - 1][1]) end
+      -- cancelled after the first chunk: its match, and no more chunks read
+      local n = 0
+      range.progress = function() n = n + 1 return false end
+      assert.same({ r.address + 8 }, p:scan_all("5A A5 24 42", range))
+      assert.equal(1, n)
+      range.progress = 5
+      assert.has_error(function() p:scan_all("5A", range) end,
+        "bad argument #2 to 'scan' (progress must be a function, got number)")
+    end)
+
     it("skips what is not committed and readable, and filters by protection", function()
       local r <close> = p:alloc(4 * PAGE, { commit = false })
       r:commit(0, PAGE)

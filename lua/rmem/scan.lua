@@ -80,7 +80,7 @@ local function runs(p, from, to, prots)
 end
 
 local SCAN_OPTS = { module = true, from = true, to = true, protect = true, limit = true,
-  overlapping = true, align = true }
+  overlapping = true, align = true, progress = true }
 
 --- The bounds [from, to) a scan covers.
 local function bounds(p, opts)
@@ -120,7 +120,9 @@ end
 --- for address in p:scan(pattern [, opts]) do ... end
 -- opts: module (a name or a module table), from (inclusive), to
 -- (exclusive), protect (a protection or a list; default every readable,
--- non-guard one), limit, overlapping (default true), align.
+-- non-guard one), limit, overlapping (default true), align, progress
+-- (called as progress(done, total) in bytes after each chunk; returning
+-- false stops the scan after the matches found so far).
 local function scanner(p, pattern, opts)
   local bytes, mask = scan.parse(pattern, 1, "scan")
   opts = check.options(opts, 2, "scan", SCAN_OPTS)
@@ -129,14 +131,20 @@ local function scanner(p, pattern, opts)
   local align = opts.align and check.integer(opts.align, 2, "scan", "align") or 1
   if align < 1 then check.argerror(2, "scan", "align must be at least 1") end
   local overlapping = opts.overlapping ~= false
+  local progress = opts.progress
+  if progress ~= nil and type(progress) ~= "function" then
+    check.argerror(2, "scan", "progress must be a function, got " .. type(progress))
+  end
   local list = runs(p, from, to, protections(opts.protect, "scan"))
+  local done, total, stopped = 0, 0, false
+  for _, r in ipairs(list) do total = total + (r[2] - r[1]) end
   local len, queue, qi, count = #bytes, {}, 1, 0
   local run, at = 0, nil -- the run being read and the next address in it
   local next_start = 0    -- non-overlapping: no match may start before this
 
   local function refill()
     while qi > #queue do
-      if count >= limit then return false end
+      if count >= limit or stopped then return false end
       if at == nil or at >= list[run][2] then
         run = run + 1
         if run > #list then return false end
@@ -155,7 +163,10 @@ local function scanner(p, pattern, opts)
       end
       -- the next chunk overlaps this one by len - 1 bytes: no match on a
       -- chunk border is lost, and none is found twice
+      local was = at
       at = stop >= list[run][2] and stop or stop - (len - 1)
+      done = done + (at - was)
+      if progress and progress(done, total) == false then stopped = true end
     end
     return true
   end
