@@ -134,6 +134,21 @@ describe("tools", function()
         "bad argument #2 to 'scan' (progress must be a function, got number)")
     end)
 
+    it("a region freed mid-scan is skipped without failing the scan", function()
+      -- a is longer than a chunk, so b is read after the first progress call
+      local a, b = p:alloc(2 * 1024 * 1024), p:alloc(2 * 1024 * 1024)
+      if b.address < a.address then a, b = b, a end
+      a:write(16, "\x5A\xA5\x24\x43")
+      b:write(16, "\x5A\xA5\x24\x43")
+      local range = { from = a.address, to = b.address + b.size }
+      assert.same({ a.address + 16, b.address + 16 }, p:scan_all("5A A5 24 43", range))
+      local gone = b.address
+      range.progress = function() if not b:is_freed() then b:free() end end
+      assert.same({ a.address + 16 }, p:scan_all("5A A5 24 43", range))
+      assert.equal("free", p:query(gone).state)
+      a:free()
+    end)
+
     it("skips what is not committed and readable, and filters by protection", function()
       local r <close> = p:alloc(4 * PAGE, { commit = false })
       r:commit(0, PAGE)
