@@ -48,6 +48,7 @@ local function make_platform(plat)
       ["rmem.process"] = "lua/rmem/process.lua",
       ["rmem.protect"] = "lua/rmem/protect.lua",
       ["rmem.region"] = "lua/rmem/region.lua",
+      ["rmem.remote"] = "lua/rmem/remote.lua",
       ["rmem.scan"] = "lua/rmem/scan.lua",
       ["rmem.tools"] = "lua/rmem/tools.lua",
       ["rmem.typed"] = "lua/rmem/typed.lua",

@@ -62,6 +62,9 @@ rb_err rb_free(rb_proc *p, uintptr_t addr, size_t size, unsigned long type);
 rb_err rb_protect(rb_proc *p, uintptr_t addr, size_t size,
                   unsigned long protect, unsigned long *old);
 rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info);
+/* The regions from addr upwards, as consecutive queries would give them, up
+ * to cap of them or the top of user space: one snapshot on Linux. */
+rb_err rb_regions(rb_proc *p, uintptr_t addr, rb_region *list, size_t cap, size_t *count);
 /* *done is the number of bytes transferred, also when the call fails. */
 rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done);
 rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n,

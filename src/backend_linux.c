@@ -115,12 +115,20 @@ static rb_err stat_info(pid_t pid, char *state, unsigned long *ppid,
   return 0;
 }
 
-/* ESRCH if the process is gone or its pid now belongs to another one. */
+/* ESRCH if the process is gone or its pid now belongs to another one. A
+ * pidfd turns readable when its process exits: one cheap poll. */
 static rb_err check_same(const rb_proc *p) {
   unsigned long long start;
   char state;
   if (p->is_self)
     return 0;
+  if (p->pidfd >= 0) {
+    struct pollfd pfd;
+    pfd.fd = p->pidfd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    return poll(&pfd, 1, 0) == 0 ? 0 : ESRCH;
+  }
   if (stat_info(p->pid, &state, NULL, &start) || start != p->start_time ||
       state == 'Z' || state == 'X')
     return ESRCH;
@@ -187,8 +195,10 @@ rb_err rb_open(unsigned long pid, unsigned long access, rb_proc **out) {
     return ESRCH;
   if ((e = new_proc((pid_t)pid, 0, access, &p)))
     return e;
+  /* the pidfd first: the start time read next is then its process's */
+  p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
   if ((e = stat_info(p->pid, NULL, NULL, &p->start_time))) {
-    free(p);
+    rb_close(p);
     return e;
   }
   /* The kernel's ptrace access check, as OpenProcess would refuse. */
@@ -196,11 +206,10 @@ rb_err rb_open(unsigned long pid, unsigned long access, rb_proc **out) {
   fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     e = errno == ENOENT ? ESRCH : (rb_err)errno;
-    free(p);
+    rb_close(p);
     return e;
   }
   close(fd);
-  p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
   p->bits = elf_bits(p->pid);
   *out = p;
   return 0;
@@ -358,14 +367,63 @@ typedef struct mapping {
   unsigned dev_major, dev_minor;
 } mapping;
 
-/* Calls fn for each mapping in address order until it returns non-zero. The
- * `image` flag is resolved by a second look at the same file's mappings. */
-typedef int (*map_fn)(void *ud, const mapping *m);
+/* A snapshot of /proc/PID/maps, ascending. */
+typedef struct maps {
+  mapping *m;
+  size_t n;
+} maps;
 
-static rb_err each_mapping(pid_t pid, map_fn fn, void *ud) {
+static int same_file(const mapping *a, const mapping *b) {
+  return a->inode == b->inode && a->dev_major == b->dev_major && a->dev_minor == b->dev_minor;
+}
+
+static int by_file(const void *pa, const void *pb) {
+  const mapping *a = *(const mapping *const *)pa, *b = *(const mapping *const *)pb;
+  if (a->dev_major != b->dev_major)
+    return a->dev_major < b->dev_major ? -1 : 1;
+  if (a->dev_minor != b->dev_minor)
+    return a->dev_minor < b->dev_minor ? -1 : 1;
+  if (a->inode != b->inode)
+    return a->inode < b->inode ? -1 : 1;
+  return 0;
+}
+
+/* Marks the mappings of files that are mapped executable somewhere: images.
+ * Sorting by file keeps this n log n for processes with many mappings. */
+static rb_err mark_images(maps *ms) {
+  size_t i, j, k, nf = 0;
+  mapping **files = (mapping **)malloc((ms->n ? ms->n : 1) * sizeof *files);
+  if (files == NULL)
+    return ENOMEM;
+  for (i = 0; i < ms->n; i++)
+    if (ms->m[i].file)
+      files[nf++] = &ms->m[i];
+  qsort(files, nf, sizeof *files, by_file);
+  for (i = 0; i < nf; i = j) {
+    int image = 0;
+    for (j = i; j < nf && same_file(files[j], files[i]); j++)
+      image |= files[j]->perms[2] == 'x';
+    for (k = i; k < j; k++)
+      files[k]->image = image;
+  }
+  free(files);
+  return 0;
+}
+
+static void free_maps(maps *ms) {
+  free(ms->m);
+  ms->m = NULL;
+  ms->n = 0;
+}
+
+static rb_err read_maps(pid_t pid, maps *ms) {
   char path[64];
   FILE *f;
   char line[PATH_MAX + 128];
+  size_t cap = 0;
+  rb_err e = 0;
+  ms->m = NULL;
+  ms->n = 0;
   snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
   f = fopen(path, "re");
   if (f == NULL)
@@ -381,49 +439,22 @@ static rb_err each_mapping(pid_t pid, map_fn fn, void *ud) {
     m.lo = lo;
     m.hi = hi;
     m.file = m.inode != 0;
-    if (fn(ud, &m))
-      break;
+    if (ms->n == cap) {
+      mapping *grown = (mapping *)realloc(ms->m, (cap = cap ? 2 * cap : 256) * sizeof *grown);
+      if (grown == NULL) {
+        e = ENOMEM;
+        break;
+      }
+      ms->m = grown;
+    }
+    ms->m[ms->n++] = m;
   }
   fclose(f);
-  return 0;
-}
-
-typedef struct find_ctx {
-  uintptr_t addr;
-  mapping hit, prev;
-  int found, have_prev;
-  uintptr_t next_lo; /* the first mapping above addr, if no hit */
-} find_ctx;
-
-static int find_cb(void *ud, const mapping *m) {
-  find_ctx *c = (find_ctx *)ud;
-  if (m->hi <= c->addr) {
-    c->prev = *m;
-    c->have_prev = 1;
-    return 0;
-  }
-  if (m->lo <= c->addr) {
-    c->hit = *m;
-    c->found = 1;
-  } else {
-    c->next_lo = m->lo;
-  }
-  return 1;
-}
-
-typedef struct image_ctx {
-  const mapping *m;
-  int image;
-} image_ctx;
-
-static int image_cb(void *ud, const mapping *m) {
-  image_ctx *c = (image_ctx *)ud;
-  if (m->inode == c->m->inode && m->dev_major == c->m->dev_major &&
-      m->dev_minor == c->m->dev_minor && m->perms[2] == 'x') {
-    c->image = 1;
-    return 1;
-  }
-  return 0;
+  if (!e)
+    e = mark_images(ms);
+  if (e)
+    free_maps(ms);
+  return e;
 }
 
 /* ---- modules: the files mapped executable somewhere ------------------------------------ */
@@ -804,67 +835,90 @@ static void clip_to_allocs(const rb_proc *p, uintptr_t addr, rb_region *info) {
   }
 }
 
-rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info) {
-  find_ctx c;
+/* The region at addr, as VirtualQueryEx would describe it, from a snapshot. */
+static void query_in(rb_proc *p, const maps *ms, uintptr_t addr, rb_region *info) {
+  size_t lo = 0, hi = ms->n;
+  const mapping *hit, *prev;
   alloc *a;
-  rb_err e;
-  if (addr >= rb_user_end())
-    return EINVAL;
-  memset(&c, 0, sizeof c);
-  c.addr = addr;
-  c.next_lo = rb_user_end();
-  if ((e = each_mapping(p->pid, find_cb, &c)))
-    return e;
-  if ((e = check_same(p)))
-    return e;
+  while (lo < hi) { /* the first mapping that ends above addr */
+    size_t mid = lo + (hi - lo) / 2;
+    if (ms->m[mid].hi <= addr)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  hit = lo < ms->n && ms->m[lo].lo <= addr ? &ms->m[lo] : NULL;
+  prev = lo > 0 ? &ms->m[lo - 1] : NULL;
   memset(info, 0, sizeof *info);
   a = find_alloc(p, down(addr));
   if (a != NULL) {
     /* a run of pages of this allocation with the same state and protection */
-    size_t ps = rb_page_size(), i = (down(addr) - a->base) / ps, lo = i, hi = i + 1;
+    size_t ps = rb_page_size(), i = (down(addr) - a->base) / ps, first = i, last = i + 1;
     size_t pages = a->size / ps;
     int state = a->committed[i];
-    unsigned long prot = c.found ? protect_of(c.hit.perms) : PAGE_NOACCESS;
-    uintptr_t mlo = c.found ? c.hit.lo : 0, mhi = c.found ? c.hit.hi : rb_user_end();
-    while (lo > 0 && a->committed[lo - 1] == state && a->base + (lo - 1) * ps >= mlo)
-      lo--;
-    while (hi < pages && a->committed[hi] == state && a->base + hi * ps < mhi)
-      hi++;
-    info->base = a->base + lo * ps;
-    info->size = (hi - lo) * ps;
+    unsigned long prot = hit ? protect_of(hit->perms) : PAGE_NOACCESS;
+    uintptr_t mlo = hit ? hit->lo : 0, mhi = hit ? hit->hi : rb_user_end();
+    while (first > 0 && a->committed[first - 1] == state && a->base + (first - 1) * ps >= mlo)
+      first--;
+    while (last < pages && a->committed[last] == state && a->base + last * ps < mhi)
+      last++;
+    info->base = a->base + first * ps;
+    info->size = (last - first) * ps;
     info->allocation_base = a->base;
     info->allocation_protect = a->protect;
     info->state = state ? MEM_COMMIT : MEM_RESERVE;
     info->protect = state ? prot : 0;
     info->type = MEM_PRIVATE;
-    return 0;
+    return;
   }
-  if (!c.found) { /* a gap between mappings: free */
-    info->base = c.have_prev ? c.prev.hi : 0;
-    info->size = c.next_lo - info->base;
+  if (hit == NULL) { /* a gap between mappings: free */
+    info->base = prev ? prev->hi : 0;
+    info->size = (lo < ms->n ? ms->m[lo].lo : rb_user_end()) - info->base;
     info->state = MEM_FREE;
     info->protect = PAGE_NOACCESS;
-    return 0;
+    return;
   }
-  info->base = c.hit.lo;
-  info->size = c.hit.hi - c.hit.lo;
+  info->base = hit->lo;
+  info->size = hit->hi - hit->lo;
   clip_to_allocs(p, addr, info);
   info->allocation_base = info->base;
-  info->protect = protect_of(c.hit.perms);
+  info->protect = protect_of(hit->perms);
   /* a PROT_NONE anonymous mapping is how Linux programs reserve space */
-  info->state = info->protect == PAGE_NOACCESS && !c.hit.file ? MEM_RESERVE : MEM_COMMIT;
+  info->state = info->protect == PAGE_NOACCESS && !hit->file ? MEM_RESERVE : MEM_COMMIT;
   if (info->state == MEM_RESERVE)
     info->protect = 0;
   info->allocation_protect = info->protect ? info->protect : PAGE_NOACCESS;
-  if (c.hit.file) {
-    image_ctx ic;
-    ic.m = &c.hit;
-    ic.image = 0;
-    each_mapping(p->pid, image_cb, &ic);
-    info->type = ic.image ? MEM_IMAGE : MEM_MAPPED;
-  } else {
-    info->type = MEM_PRIVATE;
+  info->type = !hit->file ? MEM_PRIVATE : hit->image ? MEM_IMAGE : MEM_MAPPED;
+}
+
+rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info) {
+  size_t n;
+  if (addr >= rb_user_end())
+    return EINVAL;
+  return rb_regions(p, addr, info, 1, &n);
+}
+
+rb_err rb_regions(rb_proc *p, uintptr_t addr, rb_region *list, size_t cap, size_t *count) {
+  maps ms;
+  rb_err e;
+  size_t n = 0;
+  if ((e = read_maps(p->pid, &ms)))
+    return e;
+  if ((e = check_same(p))) {
+    free_maps(&ms);
+    return e;
   }
+  while (n < cap && addr < rb_user_end()) {
+    uintptr_t next;
+    query_in(p, &ms, addr, &list[n]);
+    next = list[n].base + list[n].size;
+    n++;
+    if (next <= addr)
+      break;
+    addr = next;
+  }
+  free_maps(&ms);
+  *count = n;
   return 0;
 }
 

@@ -168,6 +168,23 @@ rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info) {
   return 0;
 }
 
+rb_err rb_regions(rb_proc *p, uintptr_t addr, rb_region *list, size_t cap, size_t *count) {
+  size_t n = 0;
+  rb_err e = 0;
+  while (n < cap && addr < rb_user_end()) {
+    uintptr_t next;
+    if ((e = rb_query(p, addr, &list[n])))
+      break; /* past the last region: the list ends here */
+    next = list[n].base + list[n].size;
+    n++;
+    if (next <= addr)
+      break;
+    addr = next;
+  }
+  *count = n;
+  return n ? 0 : e;
+}
+
 rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done) {
   SIZE_T got = 0;
   BOOL ok = ReadProcessMemory(p->h, (LPCVOID)addr, buf, (SIZE_T)n, &got);

@@ -222,6 +222,17 @@ static void set_index(lua_State *L, size_t i, lua_Integer v) {
   lua_rawseti(L, -2, (lua_Integer)i);
 }
 
+static void push_region(lua_State *L, const rb_region *r) {
+  lua_createtable(L, 0, 7);
+  set_int(L, "base", (lua_Integer)r->base);
+  set_int(L, "size", (lua_Integer)r->size);
+  set_int(L, "allocation_base", (lua_Integer)r->allocation_base);
+  set_int(L, "allocation_protect", (lua_Integer)r->allocation_protect);
+  set_int(L, "state", (lua_Integer)r->state);
+  set_int(L, "protect", (lua_Integer)r->protect);
+  set_int(L, "type", (lua_Integer)r->type);
+}
+
 /* h:query(address) -> { base, size, allocation_base, allocation_protect,
  * state, protect, type } */
 static int h_query(lua_State *L) {
@@ -230,14 +241,29 @@ static int h_query(lua_State *L) {
   rb_err e = rb_query(p, check_address(L, 2), &r);
   if (e)
     return os_fail(L, "query", e);
-  lua_createtable(L, 0, 7);
-  set_int(L, "base", (lua_Integer)r.base);
-  set_int(L, "size", (lua_Integer)r.size);
-  set_int(L, "allocation_base", (lua_Integer)r.allocation_base);
-  set_int(L, "allocation_protect", (lua_Integer)r.allocation_protect);
-  set_int(L, "state", (lua_Integer)r.state);
-  set_int(L, "protect", (lua_Integer)r.protect);
-  set_int(L, "type", (lua_Integer)r.type);
+  push_region(L, &r);
+  return 1;
+}
+
+/* h:regions(address [, max]) -> the list of at most max (256) regions from
+ * address upwards, as successive queries would give them */
+static int h_regions(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t addr = check_address(L, 2);
+  lua_Integer max = luaL_optinteger(L, 3, 256);
+  size_t n, i;
+  rb_region *list;
+  rb_err e;
+  luaL_argcheck(L, max >= 1 && max <= 65536, 3, "max out of range (1 to 65536)");
+  /* a userdata, not malloc: a memory error while building the list leaks nothing */
+  list = (rb_region *)lua_newuserdatauv(L, (size_t)max * sizeof *list, 0);
+  if ((e = rb_regions(p, addr, list, (size_t)max, &n)))
+    return os_fail(L, "query", e);
+  lua_createtable(L, (int)n, 0);
+  for (i = 0; i < n; i++) {
+    push_region(L, &list[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
   return 1;
 }
 
@@ -490,6 +516,7 @@ static const luaL_Reg methods[] = {
   {"decommit", h_decommit},
   {"protect", h_protect},
   {"query", h_query},
+  {"regions", h_regions},
   {"read", h_read},
   {"write", h_write},
   {"is_alive", h_is_alive},

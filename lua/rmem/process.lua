@@ -358,16 +358,18 @@ function Process:regions(opts)
   for s in pairs(set_of(opts.protect, 1, "protect") or {}) do
     prots[protect.name(protect.value(s, 1, "regions"))] = true
   end
-  local address, done = 0, false
+  -- regions come from the core in batches: on Linux one /proc/PID/maps read each
+  local address, done, batch, bi = 0, false, {}, 1
   return function()
     while not done do
-      local h = handle(self, "regions", address)
-      local raw, msg, code = h:query(address)
-      if not raw then
-        -- past the top of user space the query fails: the walk is over
-        if address >= core.user_end then done = true return nil end
-        fail(self, "regions", msg, code, address)
+      if bi > #batch then
+        local msg, code
+        batch, msg, code = handle(self, "regions", address):regions(address, 256)
+        if not batch then fail(self, "regions", msg, code, address) end
+        bi = 1
       end
+      local raw = batch[bi]
+      bi = bi + 1
       local info = info_of(raw)
       local nxt = raw.base + raw.size
       if nxt <= address or nxt >= core.user_end then done = true else address = nxt end
