@@ -416,6 +416,30 @@ static void free_maps(maps *ms) {
   ms->n = 0;
 }
 
+/* "lo-hi perms offset major:minor inode [path]": 0, or -1 for a line that
+ * is not one (by hand: sscanf made walks of big maps twice as slow). */
+static int parse_maps_line(const char *line, mapping *m) {
+  char *end;
+  memset(m, 0, sizeof *m);
+  m->lo = (uintptr_t)strtoull(line, &end, 16);
+  if (*end != '-')
+    return -1;
+  m->hi = (uintptr_t)strtoull(end + 1, &end, 16);
+  if (*end != ' ' || strlen(end) < 6)
+    return -1;
+  memcpy(m->perms, end + 1, 4);
+  strtoull(end + 6, &end, 16); /* the offset */
+  m->dev_major = (unsigned)strtoul(end, &end, 16);
+  if (*end != ':')
+    return -1;
+  m->dev_minor = (unsigned)strtoul(end + 1, &end, 16);
+  m->inode = strtoull(end, &end, 10);
+  if (*end != ' ' && *end != '\n' && *end != '\0')
+    return -1;
+  m->file = m->inode != 0;
+  return 0;
+}
+
 static rb_err read_maps(pid_t pid, maps *ms) {
   char path[64];
   FILE *f;
@@ -430,15 +454,8 @@ static rb_err read_maps(pid_t pid, maps *ms) {
     return errno == ENOENT ? ESRCH : (rb_err)errno;
   while (fgets(line, sizeof line, f)) {
     mapping m;
-    unsigned long lo, hi;
-    unsigned long long off;
-    memset(&m, 0, sizeof m);
-    if (sscanf(line, "%lx-%lx %4s %llx %x:%x %llu", &lo, &hi, m.perms, &off, &m.dev_major,
-               &m.dev_minor, &m.inode) != 7)
+    if (parse_maps_line(line, &m))
       continue;
-    m.lo = lo;
-    m.hi = hi;
-    m.file = m.inode != 0;
     if (ms->n == cap) {
       mapping *grown = (mapping *)realloc(ms->m, (cap = cap ? 2 * cap : 256) * sizeof *grown);
       if (grown == NULL) {
@@ -524,11 +541,24 @@ rb_err rb_modules(rb_proc *p, rb_module *list, size_t cap, size_t *count) {
 
 /* ---- rmem's allocations ------------------------------------------------------------ */
 
+/* The allocations are kept sorted by base: the index of the first one whose
+ * base is above addr. */
+static size_t allocs_above(const rb_proc *p, uintptr_t addr) {
+  size_t lo = 0, hi = p->nallocs;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (p->allocs[mid].base <= addr)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 static alloc *find_alloc(rb_proc *p, uintptr_t addr) {
-  size_t i;
-  for (i = 0; i < p->nallocs; i++)
-    if (addr >= p->allocs[i].base && addr - p->allocs[i].base < p->allocs[i].size)
-      return &p->allocs[i];
+  size_t i = allocs_above(p, addr);
+  if (i > 0 && addr - p->allocs[i - 1].base < p->allocs[i - 1].size)
+    return &p->allocs[i - 1];
   return NULL;
 }
 
@@ -544,11 +574,16 @@ static rb_err add_alloc(rb_proc *p, uintptr_t base, size_t size, unsigned long p
     p->allocs = grown;
     p->cap = cap;
   }
-  a = &p->allocs[p->nallocs];
-  a->committed = (unsigned char *)malloc(pages ? pages : 1);
-  if (a->committed == NULL)
-    return ENOMEM;
-  memset(a->committed, committed, pages);
+  {
+    unsigned char *states = (unsigned char *)malloc(pages ? pages : 1);
+    size_t at = allocs_above(p, base);
+    if (states == NULL)
+      return ENOMEM;
+    memset(states, committed, pages);
+    a = &p->allocs[at];
+    memmove(a + 1, a, (p->nallocs - at) * sizeof *a);
+    a->committed = states;
+  }
   a->base = base;
   a->size = size;
   a->protect = protect;
@@ -558,7 +593,7 @@ static rb_err add_alloc(rb_proc *p, uintptr_t base, size_t size, unsigned long p
 
 static void drop_alloc(rb_proc *p, alloc *a) {
   free(a->committed);
-  *a = p->allocs[--p->nallocs];
+  memmove(a, a + 1, (size_t)(p->allocs + --p->nallocs - a) * sizeof *a);
 }
 
 /* ---- system calls in the target ------------------------------------------------------ */
@@ -820,19 +855,19 @@ rb_err rb_protect(rb_proc *p, uintptr_t addr, size_t size, unsigned long protect
 }
 
 /* Linux merges rmem's allocations with like neighbours into one mapping:
- * a region that is not rmem's stops at the allocations around addr. */
+ * a region that is not rmem's stops at the allocations around addr (which
+ * itself is in none of them). */
 static void clip_to_allocs(const rb_proc *p, uintptr_t addr, rb_region *info) {
-  size_t i;
-  for (i = 0; i < p->nallocs; i++) {
-    uintptr_t lo = p->allocs[i].base, hi = lo + p->allocs[i].size;
-    uintptr_t end = info->base + info->size;
-    if (lo > addr && lo < end)
-      info->size = lo - info->base;
-    else if (hi <= addr && hi > info->base) {
-      info->size = end - hi;
-      info->base = hi;
-    }
+  size_t i = allocs_above(p, addr);
+  uintptr_t end = info->base + info->size;
+  if (i < p->nallocs && p->allocs[i].base < end)
+    end = p->allocs[i].base;
+  if (i > 0) {
+    uintptr_t below = p->allocs[i - 1].base + p->allocs[i - 1].size;
+    if (below > info->base)
+      info->base = below;
   }
+  info->size = end - info->base;
 }
 
 /* The region at addr, as VirtualQueryEx would describe it, from a snapshot. */

@@ -7,6 +7,7 @@
  * (and, for a partial read or write, the bytes done); a wrong argument type
  * or range raises.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "lua.h"
@@ -21,8 +22,14 @@
 /* Windows' least access for alloc/free/protect/read/write/query. */
 #define DEFAULT_ACCESS (0x0008UL | 0x0010UL | 0x0020UL | 0x0400UL | 0x100000UL)
 
+/* Reads up to this size go through a buffer the handle keeps, so that the
+ * small reads of scans and typed access allocate nothing but their string. */
+#define SCRATCH_MAX ((size_t)1 << 20)
+
 typedef struct lhandle {
   rb_proc *p; /* NULL once closed */
+  char *scratch;
+  size_t scratch_cap;
 } lhandle;
 
 /* ---- results and arguments ---------------------------------------------- */
@@ -72,6 +79,8 @@ static unsigned long check_mask(lua_State *L, int arg) {
 static lhandle *new_handle(lua_State *L) {
   lhandle *h = (lhandle *)lua_newuserdatauv(L, sizeof(lhandle), 0);
   h->p = NULL;
+  h->scratch = NULL;
+  h->scratch_cap = 0;
   luaL_setmetatable(L, HANDLE_META);
   return h;
 }
@@ -91,6 +100,9 @@ static int h_gc(lua_State *L) {
     h->p = NULL;
     rb_close(p);
   }
+  free(h->scratch);
+  h->scratch = NULL;
+  h->scratch_cap = 0;
   return 0;
 }
 
@@ -255,7 +267,8 @@ static int h_regions(lua_State *L) {
   rb_region *list;
   rb_err e;
   luaL_argcheck(L, max >= 1 && max <= 65536, 3, "max out of range (1 to 65536)");
-  /* a userdata, not malloc: a memory error while building the list leaks nothing */
+  /* a userdata, not malloc: a memory error while building the list leaks
+   * nothing; only the entries filled are ever touched */
   list = (rb_region *)lua_newuserdatauv(L, (size_t)max * sizeof *list, 0);
   if ((e = rb_regions(p, addr, list, (size_t)max, &n)))
     return os_fail(L, "query", e);
@@ -270,20 +283,35 @@ static int h_regions(lua_State *L) {
 /* h:read(address, n) -> string; partial: nil, msg, code, bytes_read */
 static int h_read(lua_State *L) {
   rb_proc *p = check_proc(L);
+  lhandle *h = (lhandle *)lua_touserdata(L, 1);
   uintptr_t addr = check_address(L, 2);
   size_t n = check_size(L, 3, addr), done = 0;
-  luaL_Buffer b;
-  char *buf = luaL_buffinitsize(L, &b, n);
-  rb_err e = n ? rb_read(p, addr, buf, n, &done) : 0;
-  if (e) {
+  rb_err e;
+  if (n > SCRATCH_MAX) { /* straight into a Lua buffer: no large buffer kept */
+    luaL_Buffer b;
+    char *buf = luaL_buffinitsize(L, &b, n);
+    if ((e = rb_read(p, addr, buf, n, &done)) == 0) {
+      luaL_pushresultsize(&b, n);
+      return 1;
+    }
     luaL_pushresultsize(&b, 0);
     lua_pop(L, 1);
-    os_fail(L, "read", e);
-    lua_pushinteger(L, (lua_Integer)done);
-    return 4;
+  } else {
+    if (n > h->scratch_cap) {
+      char *grown = (char *)realloc(h->scratch, n);
+      if (grown == NULL)
+        return luaL_error(L, "not enough memory");
+      h->scratch = grown;
+      h->scratch_cap = n;
+    }
+    if ((e = n ? rb_read(p, addr, h->scratch, n, &done) : 0) == 0) {
+      lua_pushlstring(L, h->scratch, n);
+      return 1;
+    }
   }
-  luaL_pushresultsize(&b, n);
-  return 1;
+  os_fail(L, "read", e);
+  lua_pushinteger(L, (lua_Integer)done);
+  return 4;
 }
 
 /* h:write(address, bytes) -> bytes written; partial: nil, msg, code, done */

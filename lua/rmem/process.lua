@@ -19,6 +19,7 @@ local ACCESS = {
 local STATES = { [F.MEM_COMMIT] = "commit", [F.MEM_RESERVE] = "reserve", [F.MEM_FREE] = "free" }
 local TYPES = { [F.MEM_PRIVATE] = "private", [F.MEM_MAPPED] = "mapped", [F.MEM_IMAGE] = "image" }
 local page = core.page_size
+local math_type, maxinteger = math.type, math.maxinteger
 
 local function page_up(n)
   return (n + page - 1) // page * page
@@ -314,15 +315,13 @@ local Module = {
   end,
 }
 
+-- (the core's fresh table becomes the RegionInfo: no copy per region)
 local function info_of(raw)
-  return setmetatable({
-    base = raw.base, size = raw.size,
-    allocation_base = raw.allocation_base,
-    allocation_protect = protect.name(raw.allocation_protect),
-    state = STATES[raw.state] or raw.state,
-    protect = protect.name(raw.protect),
-    type = TYPES[raw.type],
-  }, RegionInfo)
+  raw.allocation_protect = protect.name(raw.allocation_protect)
+  raw.state = STATES[raw.state] or raw.state
+  raw.protect = protect.name(raw.protect)
+  raw.type = TYPES[raw.type]
+  return setmetatable(raw, RegionInfo)
 end
 
 --- The region of pages that share state, protection and type with the page
@@ -358,13 +357,14 @@ function Process:regions(opts)
   for s in pairs(set_of(opts.protect, 1, "protect") or {}) do
     prots[protect.name(protect.value(s, 1, "regions"))] = true
   end
-  -- regions come from the core in batches: on Linux one /proc/PID/maps read each
+  -- regions come from the core in batches: on Linux one /proc/PID/maps read each,
+  -- so a batch holds as many as a process may have
   local address, done, batch, bi = 0, false, {}, 1
   return function()
     while not done do
       if bi > #batch then
         local msg, code
-        batch, msg, code = handle(self, "regions", address):regions(address, 256)
+        batch, msg, code = handle(self, "regions", address):regions(address, 65536)
         if not batch then fail(self, "regions", msg, code, address) end
         bi = 1
       end
@@ -441,8 +441,13 @@ end
 --- Reads n bytes; a partial read raises an error that says how many bytes
 -- were read (e.bytes_done).
 function Process:read(address, n)
-  local h = handle(self, "read", address)
-  local a, size = check.range(address, n, 1, "read")
+  local h, a, size = self._h, address, n
+  -- the common case checked inline: reads are the hot path of scripts
+  if not (h and math_type(a) == "integer" and math_type(size) == "integer" and a >= 0
+      and size >= 0 and size <= maxinteger - a) then
+    h = handle(self, "read", address)
+    a, size = check.range(address, n, 1, "read")
+  end
   local s, msg, code, done = h:read(a, size)
   if not s then
     fail(self, "read", msg, code, a, size, { bytes_done = done })

@@ -49,10 +49,13 @@ function protect.value(p, n, fname)
   return v
 end
 
+local named = {} -- name by value, for the values seen: walks name every region
+
 --- The canonical string for a PAGE_* number; nil for 0 (reserved and free
 -- pages have none); "0x..." for a value outside the known set.
 function protect.name(v)
   if v == 0 then return nil end
+  if named[v] then return named[v] end
   local name = base_names[v & 0xFF]
   if not name then return ("0x%x"):format(v) end
   local rest = v & ~0xFF
@@ -63,6 +66,7 @@ function protect.name(v)
     end
   end
   if rest ~= 0 then return ("0x%x"):format(v) end
+  named[v] = name
   return name
 end
 

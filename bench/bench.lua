@@ -1,0 +1,177 @@
+--- rmem's benchmarks: each figure against a baseline measured in the same
+-- run (bench/baseline.c making the same OS calls from C, memcpy, a naive
+-- scanner, scanmem), as the median of several batches.
+--   lua bench.lua PID BASELINE_COMMAND [SIZE_MIB]
+-- PID is an idle examples/target.c; prints a markdown table.
+local rmem = require "rmem"
+local core = require "rmem.core"
+local monotime = require("system").monotime
+
+local pid = assert(tonumber(arg[1]), "usage: lua bench.lua PID BASELINE_COMMAND [SIZE_MIB]")
+local baseline = assert(arg[2], "usage: lua bench.lua PID BASELINE_COMMAND [SIZE_MIB]")
+local MIB = 1024 * 1024
+local BULK = (tonumber(arg[3]) or 256) * MIB
+local BATCHES = 7
+local linux = rmem.platform == "linux"
+local platform = linux and "native Linux" or "Wine " .. (io.popen("wine --version 2>NUL"):read("l") or "")
+
+local p <close> = rmem.open(pid, { access = "all" })
+
+--- The median over BATCHES batches of reps calls of fn: seconds per call.
+local function measure(fn, reps)
+  fn()
+  local t = {}
+  for b = 1, BATCHES do
+    local t0 = monotime()
+    for _ = 1, reps do fn() end
+    t[b] = (monotime() - t0) / reps
+  end
+  table.sort(t)
+  return t[(BATCHES + 1) // 2]
+end
+
+--- Runs the C baseline; returns its figures by name.
+local function run_baseline(...)
+  local cmd = baseline .. " " .. table.concat({ pid, ... }, " ")
+  local out = assert(io.popen(cmd)):read("a")
+  local figures = {}
+  for name, value in out:gmatch("(%S+) (%S+)\n") do figures[name] = tonumber(value) end
+  assert(next(figures), "the baseline printed nothing: " .. cmd)
+  return figures
+end
+
+local rows = {}
+local function row(what, ours, base, base_name, goal)
+  rows[#rows + 1] = { what, ours, base, base_name, goal }
+end
+
+-- The target's memory: a page for the small calls and a bulk region of
+-- pseudo-random bytes with a 12-byte signature planted at chunk borders
+-- and near the end.
+local page <close> = p:alloc(rmem.page_size)
+local bulk <close> = p:alloc(BULK)
+local SIG = "\x48\x8B\x05\x11\x22\x33\x44\x48\x85\xC0\x74\x05"
+local PATTERN = "48 8B 05 ?? ?? ?? ?? 48 85 C0 74 ??"
+local data
+do
+  math.randomseed(42)
+  local block = {}
+  for i = 1, MIB // 8 do block[i] = string.pack("<i8", math.random(math.mininteger, math.maxinteger)) end
+  local mib = table.concat(block)
+  local planted = { MIB - 5, 2 * MIB - 6, 3 * MIB - 11, BULK - 100 }
+  local pieces = {}
+  for i = 1, BULK // MIB do pieces[i] = mib end
+  data = table.concat(pieces)
+  for _, at in ipairs(planted) do data = data:sub(1, at) .. SIG .. data:sub(at + #SIG + 1) end
+  for off = 0, BULK - 1, 16 * MIB do bulk:write(off, data:sub(off + 1, off + 16 * MIB)) end
+  data = { text = data, planted = #planted }
+end
+
+local c = run_baseline("calls", page.address, bulk.address, BULK)
+
+-- 1. call overhead
+local addr = page.address
+local four_k = ("x"):rep(4096)
+local small = {
+  { "open + close", "open_close", function() rmem.open(pid):close() end, 200 },
+  { "query", "query", function() p:query(addr) end, 1000 },
+  { "read 8 B", "read8", function() p:read(addr, 8) end, 10000 },
+  { "read 4 KiB", "read4k", function() p:read(addr, 4096) end, 10000 },
+  { "write 4 KiB", "write4k", function() p:write(addr, four_k) end, 10000 },
+}
+if not linux then
+  small[#small + 1] = { "alloc + free 4 KiB", "alloc_free", function() p:alloc(4096):free() end, 200 }
+  small[#small + 1] = { "protect", "protect", function() p:protect(addr, 4096, "rw") end, 1000 }
+end
+for _, s in ipairs(small) do
+  row(s[1], measure(s[3], s[4]), c[s[2]], "the same calls in C", linux and s[2] ~= "open_close" and "≤ 1.2×" or "")
+end
+
+-- 2. bulk read
+for n = 64 * MIB, BULK, 192 * MIB do
+  local name = ("bulk_read_%d"):format(n // MIB)
+  local t = measure(function() p:read(bulk.address, n) end, 1)
+  row(("read %d MiB"):format(n // MIB), t, c[name], "one read call in C", "≤ 1.11× (speed ≥ 0.9×)")
+  row(("read %d MiB (vs memcpy)"):format(n // MIB), t, c.memcpy * n / BULK, "memcpy, local", "")
+end
+
+-- 3. pattern scan
+local found
+local t_scan = measure(function()
+  found = #p:scan_all(PATTERN, { from = bulk.address, to = bulk.address + BULK })
+end, 1)
+assert(found == data.planted, ("the scan found %d of %d planted signatures"):format(found, data.planted))
+local bytes, mask = require("rmem.scan").parse(PATTERN, 1, "bench")
+local hits
+local t_find = measure(function()
+  hits = #core.find(data.text, bytes, mask, 0, 1, true, math.maxinteger)
+end, 1)
+assert(hits == data.planted)
+row(("scan %d MiB, in a local buffer"):format(BULK // MIB), t_find, c.naive_scan, "naive C loop",
+  ("≥ 5 GB/s: %.1f GB/s"):format(BULK / t_find / 1e9))
+row(("scan %d MiB in the target"):format(BULK // MIB), t_scan, c[("bulk_read_%d"):format(BULK // MIB)],
+  "one read call in C", ("≥ 0.5× copy: %.2f×"):format(c[("bulk_read_%d"):format(BULK // MIB)] / t_scan))
+if linux then
+  local cmd = ("scanmem -p %d -c 'option scan_data_type bytearray;option region_scan_level 2;%s;exit' "
+    .. ">/dev/null 2>&1"):format(pid, PATTERN:lower())
+  local t_scanmem = measure(function() os.execute(cmd) end, 1)
+  row(("scan %d MiB in the target"):format(BULK // MIB), t_scan, t_scanmem, "scanmem 0.17 (whole run)",
+    "far ahead")
+end
+data = nil
+bulk:free()
+
+-- 5. the Linux allocation path: ptrace sessions
+if linux then
+  local session = c.ptrace_session
+  row("alloc + free 4 KiB (2 sessions)", measure(function() p:alloc(4096):free() end, 50),
+    2 * session, "2 × ptrace attach+syscall+detach in C", "")
+  row("protect (1 session)", measure(function() p:protect(addr, 4096, "rw") end, 50), session,
+    "ptrace attach+syscall+detach in C", "")
+  -- 64 runs: 32 committed pages between 32 reserved ones, committed in one call
+  local r <close> = p:alloc(64 * rmem.page_size, { commit = false })
+  local function alternate()
+    r:decommit(0, 64 * rmem.page_size)
+    for i = 0, 63, 2 do r:commit(i * rmem.page_size, rmem.page_size) end
+  end
+  local ts = {}
+  for b = 1, BATCHES do
+    alternate()
+    local t0 = monotime()
+    r:commit(0, 64 * rmem.page_size)
+    ts[b] = monotime() - t0
+  end
+  table.sort(ts)
+  local one = measure(function() p:protect(addr, 4096, "rw") end, 50)
+  row("commit 64 alternating pages (64 calls)", ts[(BATCHES + 1) // 2], one,
+    "a one-call rmem session", ("≤ 2×: %.2f×"):format(ts[(BATCHES + 1) // 2] / one))
+end
+
+-- 4. region walk over 10,000 more mappings (alternating protections, so
+-- that none merge)
+local many = {}
+for i = 1, 10000 do
+  many[i] = p:alloc(rmem.page_size, { protect = i % 2 == 0 and "r" or "rw" })
+end
+local regions = 0
+local t_walk = measure(function()
+  regions = 0
+  for _ in p:regions() do regions = regions + 1 end
+end, 1)
+local w = run_baseline("walk")
+row(("walk %d regions"):format(regions), t_walk, w.walk,
+  linux and "parse /proc/PID/maps in C" or "VirtualQueryEx loop in C", "≤ 1.5×")
+for _, r in ipairs(many) do r:free() end
+
+-- the table
+local function human(s)
+  if s >= 1 then return ("%.2f s"):format(s) end
+  if s >= 1e-3 then return ("%.2f ms"):format(s * 1e3) end
+  return ("%.2f µs"):format(s * 1e6)
+end
+print(("### %s (pid %d, rmem %s)\n"):format(platform, pid, rmem._VERSION))
+print("| what | rmem | baseline | baseline is | rmem / baseline | goal |")
+print("|---|---|---|---|---|---|")
+for _, r in ipairs(rows) do
+  print(("| %s | %s | %s | %s | %.2f× | %s |"):format(r[1], human(r[2]), human(r[3]), r[4], r[2] / r[3], r[5]))
+end
