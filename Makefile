@@ -21,7 +21,7 @@ LIN_HDR  := src/backend.h src/scan.h src/inject_linux.h
 LIN_SO   := gcc $(CFLAGS) -fPIC -shared -I$(LUA_INC)
 SAN      := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all demo demo-windows test windows linux lint clean
+.PHONY: all demo demo-windows test windows linux lint clean bench bench-tools
 
 all: linux
 
@@ -40,6 +40,18 @@ test:
 	@scripts/run-specs linux scripts/busted-linux spec; \
 	  lrc=$$?; scripts/run-specs windows scripts/busted-windows spec; \
 	  wrc=$$?; scripts/wine-stop; [ $$lrc -eq 0 ] && [ $$wrc -eq 0 ]
+
+# benchmarks: not part of test (bench/RESULTS.md holds a run)
+bench:
+	@scripts/bench
+
+bench-tools: $(LIN)/rmem-bench-baseline $(WIN)/bin/rmem-bench-baseline.exe
+
+$(LIN)/rmem-bench-baseline: bench/baseline.c
+	gcc $(CFLAGS) -o $@ $<
+
+$(WIN)/bin/rmem-bench-baseline.exe: bench/baseline.c
+	$(WIN_CC) $(CFLAGS) -o $@ $<
 
 linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target \
 	$(LIN)/rmem-target32 $(LIN)/rmem-payload.so $(LIN)/rmem-payload32.so
@@ -93,5 +105,5 @@ lint:
 
 clean:
 	rm -rf $(LIN) $(LIN_ASAN) build/windows/lib/rmem build/windows/lib/testproc.dll build/windows/bin/rmem-target.exe \
-	  build/windows/bin/rmem-payload.dll
+	  build/windows/bin/rmem-payload.dll build/windows/bin/rmem-bench-baseline.exe
 

@@ -325,6 +325,13 @@ static rb_err transfer(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *
   return 0;
 }
 
+void rb_large_buffer(void *buf, size_t n) {
+  const uintptr_t huge = (uintptr_t)2 << 20;
+  uintptr_t lo = ((uintptr_t)buf + huge - 1) & ~(huge - 1), hi = ((uintptr_t)buf + n) & ~(huge - 1);
+  if (hi > lo)
+    madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+}
+
 rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done) {
   return transfer(p, addr, buf, n, done, 0);
 }

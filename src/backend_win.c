@@ -168,6 +168,11 @@ rb_err rb_query(rb_proc *p, uintptr_t addr, rb_region *info) {
   return 0;
 }
 
+void rb_large_buffer(void *buf, size_t n) {
+  (void)buf;
+  (void)n;
+}
+
 rb_err rb_regions(rb_proc *p, uintptr_t addr, rb_region *list, size_t cap, size_t *count) {
   size_t n = 0;
   rb_err e = 0;

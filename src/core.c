@@ -24,7 +24,7 @@
 
 /* Reads up to this size go through a buffer the handle keeps, so that the
  * small reads of scans and typed access allocate nothing but their string. */
-#define SCRATCH_MAX ((size_t)1 << 20)
+#define SCRATCH_MAX ((size_t)2 << 20)
 
 typedef struct lhandle {
   rb_proc *p; /* NULL once closed */
@@ -280,6 +280,18 @@ static int h_regions(lua_State *L) {
   return 1;
 }
 
+/* The handle's buffer, at least n bytes long; 0 when out of memory. */
+static int grow_scratch(lhandle *h, size_t n) {
+  if (n > h->scratch_cap) {
+    char *grown = (char *)realloc(h->scratch, n);
+    if (grown == NULL)
+      return 0;
+    h->scratch = grown;
+    h->scratch_cap = n;
+  }
+  return 1;
+}
+
 /* h:read(address, n) -> string; partial: nil, msg, code, bytes_read */
 static int h_read(lua_State *L) {
   rb_proc *p = check_proc(L);
@@ -290,6 +302,7 @@ static int h_read(lua_State *L) {
   if (n > SCRATCH_MAX) { /* straight into a Lua buffer: no large buffer kept */
     luaL_Buffer b;
     char *buf = luaL_buffinitsize(L, &b, n);
+    rb_large_buffer(buf, n);
     if ((e = rb_read(p, addr, buf, n, &done)) == 0) {
       luaL_pushresultsize(&b, n);
       return 1;
@@ -297,13 +310,8 @@ static int h_read(lua_State *L) {
     luaL_pushresultsize(&b, 0);
     lua_pop(L, 1);
   } else {
-    if (n > h->scratch_cap) {
-      char *grown = (char *)realloc(h->scratch, n);
-      if (grown == NULL)
-        return luaL_error(L, "not enough memory");
-      h->scratch = grown;
-      h->scratch_cap = n;
-    }
+    if (!grow_scratch(h, n))
+      return luaL_error(L, "not enough memory");
     if ((e = n ? rb_read(p, addr, h->scratch, n, &done) : 0) == 0) {
       lua_pushlstring(L, h->scratch, n);
       return 1;
@@ -461,39 +469,72 @@ static int core_error_message(lua_State *L) {
   return 1;
 }
 
-/* core.find(data, bytes, mask, base [, align [, overlapping [, limit]]])
- * -> { base + offset, ... }: the matches of the pattern (bytes under mask,
- * strings of one length) inside data, ascending. */
-static int core_find(lua_State *L) {
-  size_t n, len, mlen, found, i, offs[256], from = 0, count = 0;
-  const unsigned char *data = (const unsigned char *)luaL_checklstring(L, 1, &n);
-  lua_Integer base = luaL_checkinteger(L, 4), align = luaL_optinteger(L, 5, 1);
-  int overlapping = lua_isnoneornil(L, 6) || lua_toboolean(L, 6);
-  lua_Integer limit = luaL_optinteger(L, 7, LUA_MAXINTEGER);
-  rm_pattern pat;
-  pat.bytes = (const unsigned char *)luaL_checklstring(L, 2, &len);
-  pat.mask = (const unsigned char *)luaL_checklstring(L, 3, &mlen);
-  pat.len = len;
-  luaL_argcheck(L, len > 0 && mlen == len, 3, "mask must be as long as the pattern, and not empty");
-  for (i = 0; i < len; i++)
-    luaL_argcheck(L, (pat.bytes[i] & ~pat.mask[i]) == 0, 2, "pattern bytes must be masked");
-  luaL_argcheck(L, base >= 0, 4, "base must not be negative");
-  luaL_argcheck(L, align >= 1, 5, "align must be at least 1");
-  luaL_argcheck(L, limit >= 0, 7, "limit must not be negative");
-  rm_pattern_prepare(&pat);
+/* The pattern at args i (bytes) and i + 1 (mask), checked and prepared. */
+static void check_pattern(lua_State *L, int i, rm_pattern *pat) {
+  size_t len, mlen, k;
+  pat->bytes = (const unsigned char *)luaL_checklstring(L, i, &len);
+  pat->mask = (const unsigned char *)luaL_checklstring(L, i + 1, &mlen);
+  pat->len = len;
+  luaL_argcheck(L, len > 0 && mlen == len, i + 1,
+                "mask must be as long as the pattern, and not empty");
+  for (k = 0; k < len; k++)
+    luaL_argcheck(L, (pat->bytes[k] & ~pat->mask[k]) == 0, i, "pattern bytes must be masked");
+  rm_pattern_prepare(pat);
+}
+
+/* Pushes { base + offset, ... } for the matches of pat in data[0..n) at
+ * args i.. [align [, overlapping [, limit]]]. */
+static int push_matches(lua_State *L, const rm_pattern *pat, const unsigned char *data, size_t n,
+                        lua_Integer base, int i) {
+  lua_Integer align = luaL_optinteger(L, i, 1), limit = luaL_optinteger(L, i + 2, LUA_MAXINTEGER);
+  int overlapping = lua_isnoneornil(L, i + 1) || lua_toboolean(L, i + 1);
+  size_t offs[256], found, k, from = 0, count = 0;
+  luaL_argcheck(L, align >= 1, i, "align must be at least 1");
+  luaL_argcheck(L, limit >= 0, i + 2, "limit must not be negative");
   lua_newtable(L);
   while (from < n && (lua_Integer)count < limit) {
     size_t want = sizeof offs / sizeof offs[0];
     if ((lua_Integer)want > limit - (lua_Integer)count)
       want = (size_t)(limit - (lua_Integer)count);
-    found = rm_scan(&pat, data, n, from, (size_t)base, (size_t)align, overlapping, offs, want,
-                    &from);
-    for (i = 0; i < found; i++)
-      set_index(L, ++count, base + (lua_Integer)offs[i]);
+    found = rm_scan(pat, data, n, from, (size_t)base, (size_t)align, overlapping, offs, want, &from);
+    for (k = 0; k < found; k++)
+      set_index(L, ++count, base + (lua_Integer)offs[k]);
     if (found < want)
       break;
   }
   return 1;
+}
+
+/* core.find(data, bytes, mask, base [, align [, overlapping [, limit]]])
+ * -> { base + offset, ... }: the matches of the pattern (bytes under mask,
+ * strings of one length) inside data, ascending. */
+static int core_find(lua_State *L) {
+  size_t n;
+  const unsigned char *data = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  lua_Integer base = luaL_checkinteger(L, 4);
+  rm_pattern pat;
+  check_pattern(L, 2, &pat);
+  luaL_argcheck(L, base >= 0, 4, "base must not be negative");
+  return push_matches(L, &pat, data, n, base, 5);
+}
+
+/* h:find(address, n, bytes, mask [, align [, overlapping [, limit]]]): reads
+ * [address, address + n) into the handle's buffer and returns core.find's
+ * list for it, with no string in between; a failed read: nil, msg, code. */
+static int h_find(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  lhandle *h = (lhandle *)lua_touserdata(L, 1);
+  uintptr_t addr = check_address(L, 2);
+  size_t n = check_size(L, 3, addr), done;
+  rm_pattern pat;
+  rb_err e;
+  check_pattern(L, 4, &pat);
+  luaL_argcheck(L, n <= SCRATCH_MAX, 3, "at most 2 MiB at a time");
+  if (!grow_scratch(h, n))
+    return luaL_error(L, "not enough memory");
+  if ((e = n ? rb_read(p, addr, h->scratch, n, &done) : 0))
+    return os_fail(L, "read", e);
+  return push_matches(L, &pat, (const unsigned char *)h->scratch, n, (lua_Integer)addr, 6);
 }
 
 /* ---- registration ------------------------------------------------------------ */
@@ -546,6 +587,7 @@ static const luaL_Reg methods[] = {
   {"query", h_query},
   {"regions", h_regions},
   {"read", h_read},
+  {"find", h_find},
   {"write", h_write},
   {"is_alive", h_is_alive},
   {"exit_code", h_exit_code},

@@ -11,10 +11,12 @@
 typedef struct rm_pattern {
   const unsigned char *bytes, *mask;
   size_t len;
-  size_t anchor; /* a fully known byte to look for with memchr, or len if none */
+  size_t anchor;  /* a fully known byte to look for first, or len if none */
+  size_t anchor2; /* another, compared with it 16 positions at a time, or len */
 } rm_pattern;
 
-/* Fills p->anchor: the fully known byte least likely to be common. */
+/* Fills p->anchor and p->anchor2: the fully known bytes least likely to be
+ * common. */
 void rm_pattern_prepare(rm_pattern *p);
 
 /* Finds matches of p that start at offsets >= from and lie wholly inside

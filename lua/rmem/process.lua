@@ -486,7 +486,14 @@ end
 -- opts.force makes read-only and executable pages writable for the write
 -- and restores their protection afterwards, also if the write fails.
 function Process:write(address, bytes, opts)
-  local h = handle(self, "write", address)
+  local h = self._h
+  -- the common case checked inline, as for read
+  if opts == nil and h and math_type(address) == "integer" and type(bytes) == "string"
+      and address >= 0 and #bytes <= maxinteger - address then
+    if #bytes > 0 then write_raw(self, h, address, bytes) end
+    return #bytes
+  end
+  h = handle(self, "write", address)
   local a = check.address(address, 1, "write")
   if type(bytes) ~= "string" then
     check.argerror(2, "write", "bytes must be a string, got " .. type(bytes))

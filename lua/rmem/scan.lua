@@ -152,9 +152,15 @@ local function scanner(p, pattern, opts)
       end
       local stop = math.min(list[run][2], at + CHUNK + len - 1)
       queue, qi = {}, 1
-      for _, piece in ipairs(read_pieces(p, at, stop)) do
-        for _, hit in ipairs(core.find(piece[2], bytes, mask, piece[1], align, overlapping,
-          limit - count)) do
+      -- the chunk is read and scanned in C; only a chunk that cannot be read
+      -- whole comes to Lua, in readable pieces
+      local hits = p._h and p._h:find(at, stop - at, bytes, mask, align, overlapping, limit - count)
+      local pieces = hits and { { at, hits } } or read_pieces(p, at, stop)
+      for _, piece in ipairs(pieces) do
+        if type(piece[2]) == "string" then
+          piece[2] = core.find(piece[2], bytes, mask, piece[1], align, overlapping, limit - count)
+        end
+        for _, hit in ipairs(piece[2]) do
           if hit >= next_start and #queue < limit - count then
             queue[#queue + 1] = hit
             if not overlapping then next_start = hit + len end
