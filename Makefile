@@ -21,7 +21,7 @@ LIN_HDR  := src/backend.h src/scan.h src/inject_linux.h
 LIN_SO   := gcc $(CFLAGS) -fPIC -shared -I$(LUA_INC)
 SAN      := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all demo demo-windows test windows linux lint clean bench bench-tools
+.PHONY: all demo demo-windows test windows linux lint clean bench bench-tools fuzz
 
 all: linux
 
@@ -37,9 +37,15 @@ test:
 	@scripts/bootstrap
 	@$(MAKE) -s lint
 	@scripts/check-rock
+	@scripts/fuzz short
 	@scripts/run-specs linux scripts/busted-linux spec; \
 	  lrc=$$?; scripts/run-specs windows scripts/busted-windows spec; \
 	  wrc=$$?; scripts/wine-stop; [ $$lrc -eq 0 ] && [ $$wrc -eq 0 ]
+
+# long fuzzing runs that grow fuzz/corpus (make test runs a short one)
+fuzz:
+	@scripts/bootstrap linux
+	@scripts/fuzz long
 
 # benchmarks: not part of test (bench/RESULTS.md holds a run)
 bench:
@@ -101,7 +107,7 @@ $(WIN)/include/lua.h:
 	scripts/bootstrap
 
 lint:
-	luacheck -q lua spec examples rmem-scm-1.rockspec .busted .luacheckrc
+	luacheck -q lua spec examples bench fuzz rmem-scm-1.rockspec .busted .luacheckrc
 
 clean:
 	rm -rf $(LIN) $(LIN_ASAN) build/windows/lib/rmem build/windows/lib/testproc.dll build/windows/bin/rmem-target.exe \

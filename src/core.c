@@ -515,6 +515,8 @@ static int core_find(lua_State *L) {
   rm_pattern pat;
   check_pattern(L, 2, &pat);
   luaL_argcheck(L, base >= 0, 4, "base must not be negative");
+  luaL_argcheck(L, (lua_Unsigned)base <= (lua_Unsigned)LUA_MAXINTEGER - n, 4,
+                "base + #data wraps past the largest integer");
   return push_matches(L, &pat, data, n, base, 5);
 }
 

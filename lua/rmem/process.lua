@@ -252,10 +252,20 @@ function Process:alloc(size, opts)
   return register(self, base, page_up((want or base) + n) - base)
 end
 
+--- An address in the first page: VirtualAllocEx would take it as NULL and
+-- allocate new memory anywhere, which commit and reset must never do.
+local function not_null(a, fname)
+  if a < page then
+    check.argerror(1, fname, ("address must lie inside a reservation, got 0x%x (the first page "
+      .. "never does; p:alloc allocates)"):format(a))
+  end
+end
+
 --- Commits pages inside a reservation; returns the first page's address.
 function Process:commit(address, size, prot)
   local h = handle(self, "commit", address)
   local a, n = check.range(address, size, 1, "commit")
+  not_null(a, "commit")
   local pv = protect.value(prot or "rw", 3, "commit")
   local base, msg, code = h:alloc(a, n, F.MEM_COMMIT, pv)
   if not base then fail(self, "commit", msg, code, a, n) end
@@ -285,6 +295,7 @@ end
 function Process:reset(address, size)
   local h = handle(self, "reset", address)
   local a, n = check.range(address, size, 1, "reset")
+  not_null(a, "reset")
   local base, msg, code = h:alloc(a, n, F.MEM_RESET, F.PAGE_NOACCESS)
   if not base then fail(self, "reset", msg, code, a, n) end
 end

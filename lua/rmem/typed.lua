@@ -137,11 +137,13 @@ local function process_methods(Process, page)
   end
   --- Bytes up to the first NUL or max bytes (4096).
   function Process:read_string(address, max)
-    return read_units(self, address, max_of(max, "read_string"), 1, page)
+    local a = check.address(address, 1, "read_string")
+    return read_units(self, a, max_of(max, "read_string"), 1, page)
   end
   --- UTF-16LE up to a NUL unit or max units (4096), as UTF-8.
   function Process:read_wstring(address, max)
-    return utf16_to_utf8(read_units(self, address, max_of(max, "read_wstring"), 2, page))
+    local a = check.address(address, 1, "read_wstring")
+    return utf16_to_utf8(read_units(self, a, max_of(max, "read_wstring"), 2, page))
   end
   --- Writes the bytes and a NUL; returns the bytes written.
   function Process:write_string(address, text, opts)

@@ -14,6 +14,7 @@
  *   testproc.wine_version()        -- nil: not under Wine
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -260,8 +261,23 @@ static int tp_wine_version(lua_State *L) {
   return 1;
 }
 
+/* The host's open file descriptors: leak checks compare it before and after. */
+static int tp_handle_count(lua_State *L) {
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  lua_Integer n = 0;
+  if (d == NULL)
+    return luaL_error(L, "opendir /proc/self/fd: %s", strerror(errno));
+  while ((e = readdir(d)) != NULL)
+    n += e->d_name[0] != '.';
+  closedir(d);
+  lua_pushinteger(L, n - 1); /* the directory's own descriptor */
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
   {"start", tp_start},
+  {"handle_count", tp_handle_count},
   {"count_sigchld", tp_count_sigchld},
   {"sigchld_count", tp_sigchld_count},
   {"wine_version", tp_wine_version},

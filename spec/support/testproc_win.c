@@ -149,8 +149,18 @@ static int tp_wine_version(lua_State *L) {
   return 1;
 }
 
+/* The host's open handles: leak checks compare it before and after. */
+static int tp_handle_count(lua_State *L) {
+  DWORD n = 0;
+  if (!GetProcessHandleCount(GetCurrentProcess(), &n))
+    return fail(L, "GetProcessHandleCount", GetLastError());
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
   {"start", tp_start},
+  {"handle_count", tp_handle_count},
   {"wine_version", tp_wine_version},
   {NULL, NULL}
 };
