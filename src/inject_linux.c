@@ -289,6 +289,7 @@ typedef struct job {
   /* a function call instead of system calls (calls == NULL) */
   uintptr_t fn, arg, trap, result;
   unsigned long timeout_ms;
+  int report; /* the pipe the helper writes its results to */
 } job;
 
 static double seconds(void) {
@@ -405,6 +406,28 @@ static int helper(void *arg) {
       break; /* the first failing call ends the batch */
   }
   detach(&j->s);
+  /* The results also go through a pipe: where clone(CLONE_VM) is emulated
+   * as a fork (valgrind), the helper's memory is not the host's. */
+  {
+    int i, ok = write(j->report, &j->err, sizeof j->err) == (ssize_t)sizeof j->err &&
+                write(j->report, &j->ran, sizeof j->ran) == (ssize_t)sizeof j->ran &&
+                write(j->report, &j->result, sizeof j->result) == (ssize_t)sizeof j->result;
+    for (i = 0; ok && j->calls != NULL && i < j->ran; i++)
+      ok = write(j->report, &j->calls[i].ret, sizeof j->calls[i].ret) == (ssize_t)sizeof(long);
+  }
+  return 0;
+}
+
+/* Reads back what the helper wrote to the pipe; EPROTO if it wrote nothing. */
+static rb_err read_report(job *j, int fd) {
+  int i;
+  if (read(fd, &j->err, sizeof j->err) != (ssize_t)sizeof j->err ||
+      read(fd, &j->ran, sizeof j->ran) != (ssize_t)sizeof j->ran ||
+      read(fd, &j->result, sizeof j->result) != (ssize_t)sizeof j->result)
+    return EPROTO;
+  for (i = 0; j->calls != NULL && i < j->ran; i++)
+    if (read(fd, &j->calls[i].ret, sizeof j->calls[i].ret) != (ssize_t)sizeof(long))
+      return EPROTO;
   return 0;
 }
 
@@ -417,19 +440,31 @@ static rb_err run_job(job *j) {
   void *stack;
   pid_t child;
   rb_err e;
-  int st;
+  int st, report[2];
   j->s.tid = choose_thread(j->s.pid, j->s.is32);
   j->s.syscall_step = ignores_sigtrap(j->s.tid);
+  /* (64 calls' results fit in the pipe's buffer: the helper never blocks) */
+  if (pipe2(report, O_CLOEXEC))
+    return (rb_err)errno;
+  j->report = report[1];
   stack = mmap(NULL, HELPER_STACK, PROT_READ | PROT_WRITE,
                MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED)
-    return (rb_err)errno;
+  if (stack == MAP_FAILED) {
+    e = (rb_err)errno;
+    close(report[0]);
+    close(report[1]);
+    return e;
+  }
   /* exit signal 0: no SIGCHLD; CLONE_VFORK: we resume once it has exited */
   child = clone(helper, (char *)stack + HELPER_STACK, CLONE_VM | CLONE_VFORK, j);
   e = child < 0 ? (rb_err)errno : 0;
   if (child > 0)
     while (waitpid(child, &st, __WALL) < 0 && errno == EINTR)
       ;
+  close(report[1]);
+  if (!e)
+    e = read_report(j, report[0]);
+  close(report[0]);
   munmap(stack, HELPER_STACK);
   return e ? e : j->err;
 }
