@@ -21,7 +21,7 @@ LIN_HDR  := src/backend.h src/scan.h src/inject_linux.h
 LIN_SO   := gcc $(CFLAGS) -fPIC -shared -I$(LUA_INC)
 SAN      := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all demo demo-windows test windows linux lint clean bench bench-tools fuzz
+.PHONY: all demo demo-windows test windows linux lint clean bench bench-tools fuzz stress
 
 all: linux
 
@@ -42,6 +42,10 @@ test:
 	  lrc=$$?; scripts/run-specs windows scripts/busted-windows spec; \
 	  wrc=$$?; scripts/wine-stop; [ $$lrc -eq 0 ] && [ $$wrc -eq 0 ]
 
+# soak and fault runs on both platforms, and the native suite under valgrind
+stress:
+	@scripts/stress
+
 # long fuzzing runs that grow fuzz/corpus (make test runs a short one)
 fuzz:
 	@scripts/bootstrap linux
@@ -59,7 +63,7 @@ $(LIN)/rmem-bench-baseline: bench/baseline.c
 $(WIN)/bin/rmem-bench-baseline.exe: bench/baseline.c
 	$(WIN_CC) $(CFLAGS) -o $@ $<
 
-linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target \
+linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN)/testproc.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target \
 	$(LIN)/rmem-target32 $(LIN)/rmem-payload.so $(LIN)/rmem-payload32.so
 
 $(LIN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
@@ -69,6 +73,10 @@ $(LIN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
 $(LIN_ASAN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
 	@mkdir -p $(@D)
 	$(LIN_SO) $(SAN) -o $@ $(LIN_SRC)
+
+# (the plain one is for the valgrind run of make stress)
+$(LIN)/testproc.so: spec/support/testproc_linux.c
+	$(LIN_SO) -o $@ $<
 
 $(LIN_ASAN)/testproc.so: spec/support/testproc_linux.c
 	$(LIN_SO) $(SAN) -o $@ $<

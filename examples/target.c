@@ -3,7 +3,7 @@
  * does nothing, so whatever changes in its memory was done from outside.
  *
  *   rmem-target [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N]
- *               [--seccomp] [--tick] [--until-eof]
+ *               [--seccomp] [--tick] [--die-after MS] [--until-eof]
  *
  * --ready-event NAME  Windows: set the named event once started (the test helper)
  * --ready-fd N        POSIX: write "ready\n" to descriptor N and close it (the test helper)
@@ -13,6 +13,8 @@
  * --seccomp           Linux: run under an allow-all seccomp filter
  * --tick              call tick() every millisecond in a thread: it adds 1 to
  *                     score (examples/code_cave.lua changes that from outside)
+ * --die-after MS      be killed (as by SIGKILL / TerminateProcess) MS milliseconds
+ *                     after starting, whatever it is doing (the fault specs)
  * --until-eof         read commands from standard input: "exit N" exits with
  *                     code N, end of input exits 0; otherwise idle until killed
  */
@@ -36,6 +38,12 @@ NOINLINE void tick(void) {
 }
 
 #ifdef _WIN32
+static DWORD WINAPI killer(LPVOID arg) {
+  Sleep((DWORD)(size_t)arg);
+  TerminateProcess(GetCurrentProcess(), 137);
+  return 0;
+}
+
 static DWORD WINAPI ticker(LPVOID arg) {
   (void)arg;
   for (;;) {
@@ -46,6 +54,7 @@ static DWORD WINAPI ticker(LPVOID arg) {
 }
 #else
 #include <pthread.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -78,6 +87,16 @@ static void *ticker(void *arg) {
   return NULL;
 }
 
+static void *killer(void *arg) {
+  long ms = (long)(size_t)arg;
+  struct timespec ts;
+  ts.tv_sec = ms / 1000;
+  ts.tv_nsec = ms % 1000 * 1000000L;
+  nanosleep(&ts, NULL);
+  kill(getpid(), SIGKILL);
+  return NULL;
+}
+
 static void *sleeper(void *arg) {
   struct timespec ts = {0, 1000000};
   (void)arg;
@@ -99,6 +118,16 @@ int main(int argc, char **argv) {
 #else
       pthread_t th;
       if (pthread_create(&th, NULL, ticker, NULL) != 0)
+        return 4;
+#endif
+    } else if (strcmp(argv[i], "--die-after") == 0 && i + 1 < argc) {
+      size_t ms = (size_t)atol(argv[++i]);
+#ifdef _WIN32
+      if (CreateThread(NULL, 0, killer, (LPVOID)ms, 0, NULL) == NULL)
+        return 4;
+#else
+      pthread_t th;
+      if (pthread_create(&th, NULL, killer, (void *)ms) != 0)
         return 4;
 #endif
     } else if (strcmp(argv[i], "--pid-file") == 0 && i + 1 < argc) {
@@ -134,7 +163,7 @@ int main(int argc, char **argv) {
 #endif
     } else {
       fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N] "
-                      "[--seccomp] [--tick] [--until-eof]\n",
+                      "[--seccomp] [--tick] [--die-after MS] [--until-eof]\n",
               argv[0]);
       return 1;
     }

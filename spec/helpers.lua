@@ -78,6 +78,10 @@ local function start(path, opts)
   if opts.threads then args = { "--threads", tostring(opts.threads) } end
   if opts.seccomp then args[#args + 1] = "--seccomp" end
   if opts.tick then args[#args + 1] = "--tick" end
+  if opts.die_after then
+    args[#args + 1] = "--die-after"
+    args[#args + 1] = tostring(opts.die_after)
+  end
   if helpers.windows then
     return testproc.start(table.concat({ '"' .. helpers.native_path(path) .. '"', table.unpack(args) }, " "))
   end
@@ -90,7 +94,8 @@ end
 -- SIGKILL when the host dies. opts (Linux): bits = 32 for the 32-bit
 -- target, threads = N for N more threads, seccomp = true for a target
 -- under a seccomp filter; tick = true (both) for a thread calling tick()
--- every millisecond (examples/code_cave.lua). On Linux the object also has
+-- every millisecond (examples/code_cave.lua); die_after = ms (both) for a
+-- target killed that long after it started. On Linux the object also has
 -- proc, testproc's own handle (send, wait, trace, untrace).
 function helpers.start_target(opts)
   opts = opts or {}

@@ -258,8 +258,10 @@ rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code, int *known) 
     return 0;
   /* The exit code is knowable for our own children, without reaping them. */
   memset(&si, 0, sizeof si);
-  if (p->pidfd >= 0 &&
-      waitid((idtype_t)3 /* P_PIDFD */, (id_t)p->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+  /* without a pidfd the pid is as safe: a child's is not reused before it is reaped */
+  if ((p->pidfd >= 0
+           ? waitid((idtype_t)3 /* P_PIDFD */, (id_t)p->pidfd, &si, WEXITED | WNOHANG | WNOWAIT)
+           : waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT)) == 0 &&
       si.si_pid == p->pid) {
     *known = 1;
     *code = si.si_code == CLD_EXITED ? (unsigned long)si.si_status

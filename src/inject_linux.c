@@ -54,13 +54,17 @@ static rb_err find_in_vdso(pid_t pid, const unsigned char *insn, size_t len, uin
   unsigned char code[16384];
   FILE *f;
   unsigned long lo = 0, hi = 0;
-  int found = 0;
+  int found = 0, lines = 0;
   snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
   if ((f = fopen(path, "re")) == NULL)
     return errno == ENOENT ? ESRCH : (rb_err)errno;
-  while (!found && fgets(line, sizeof line, f))
+  while (!found && fgets(line, sizeof line, f)) {
+    lines++;
     found = strstr(line, "[vdso]") != NULL && sscanf(line, "%lx-%lx", &lo, &hi) == 2;
+  }
   fclose(f);
+  if (lines == 0)
+    return ESRCH; /* no memory at all: the process is exiting */
   if (found) {
     struct iovec local, remote;
     ssize_t got;
