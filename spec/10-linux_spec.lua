@@ -6,12 +6,7 @@ local helpers = require "spec.helpers"
 local PAGE = rmem.page_size
 local linux_it = helpers.linux_it
 
-local function read_file(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file = helpers.read_file
 
 --- A sequence that injects every kind of call: reserve, commit, protect,
 -- decommit, release.

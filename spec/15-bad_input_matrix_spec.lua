@@ -104,20 +104,7 @@ local function outcome(obj, name, args)
   return "unexpected", err
 end
 
---- The host's open handles, once the collector has closed what is unreachable
--- (objects of earlier tests would otherwise close theirs in the middle).
-local function handle_count()
-  collectgarbage()
-  collectgarbage()
-  return helpers.testproc.handle_count()
-end
 
---- The number of regions that are not free in the target.
-local function mapped(p)
-  local n = 0
-  for _ in p:regions { state = { "commit", "reserve" } } do n = n + 1 end
-  return n
-end
 
 describe("the bad-input matrix", function()
   local t, p, f, cases_run
@@ -172,26 +159,26 @@ describe("the bad-input matrix", function()
   end
 
   it("every process method refuses every bad value, and nothing leaks", function()
-    local handles, regions = handle_count(), mapped(p)
+    local handles, regions = helpers.handle_count(), helpers.mapped_count(p)
     local before = f.r.address
     cases_run = matrix(p, process_cases(f))
     -- what the calls that succeeded made (alloc(maxinteger) aside, none)
     assert.equal(before, f.r.address)
-    assert.equal(handles, handle_count())
-    assert.equal(regions, mapped(p))
+    assert.equal(handles, helpers.handle_count())
+    assert.equal(regions, helpers.mapped_count(p))
     assert.is_true(cases_run >= 200, "only " .. cases_run .. " cases")
   end)
 
   it("every region method too", function()
-    local handles, regions = handle_count(), mapped(p)
+    local handles, regions = helpers.handle_count(), helpers.mapped_count(p)
     local n = matrix(f.r, region_cases())
-    assert.equal(handles, handle_count())
-    assert.equal(regions, mapped(p))
+    assert.equal(handles, helpers.handle_count())
+    assert.equal(regions, helpers.mapped_count(p))
     assert.is_true(n >= 100, "only " .. n .. " cases")
   end)
 
   it("rmem.open refuses every bad pid and access", function()
-    local handles = handle_count()
+    local handles = helpers.handle_count()
     for _, class in ipairs(CLASSES) do
       local ok, err = pcall(rmem.open, unpack_args { class[2] })
       assert.is_false(ok, "open(" .. class[1] .. ")")
@@ -205,7 +192,7 @@ describe("the bad-input matrix", function()
         assert(rmem.is_error(err) or tostring(err):find("bad argument #2 to 'open'", 1, true), tostring(err))
       end
     end
-    assert.equal(handles, handle_count())
+    assert.equal(handles, helpers.handle_count())
   end)
 
   it("a closed process: PROCESS_CLOSED from every method", function()

@@ -140,6 +140,29 @@ function helpers.page_states(p, address, size)
   return states
 end
 
+--- The host's open handles (file descriptors on Linux), once the collector
+-- has closed whatever is unreachable: leak checks compare it.
+function helpers.handle_count()
+  collectgarbage()
+  collectgarbage()
+  return testproc.handle_count()
+end
+
+--- The number of regions of p that are not free: leak checks compare it.
+function helpers.mapped_count(p)
+  local n = 0
+  for _ in p:regions { state = { "commit", "reserve" } } do n = n + 1 end
+  return n
+end
+
+--- The whole of a file (fails if it cannot be opened).
+function helpers.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 --- Calls fn and returns the error it raised; fails if it did not raise.
 function helpers.error_of(fn, ...)
   local ok, err = pcall(fn, ...)

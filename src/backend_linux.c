@@ -245,15 +245,7 @@ rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code, int *known) 
     *alive = 1;
     return 0;
   }
-  if (p->pidfd >= 0) {
-    struct pollfd pfd;
-    pfd.fd = p->pidfd;
-    pfd.events = POLLIN;
-    pfd.revents = 0;
-    *alive = poll(&pfd, 1, 0) == 0;
-  } else {
-    *alive = check_same(p) == 0;
-  }
+  *alive = check_same(p) == 0;
   if (*alive)
     return 0;
   /* The exit code is knowable for our own children, without reaping them. */

@@ -9,11 +9,6 @@ local RUNS = tonumber(os.getenv("RMEM_FAULT_RUNS")) or 100
 local PAGE = rmem.page_size
 local monotime = require("system").monotime
 
-local function handle_count()
-  collectgarbage()
-  collectgarbage()
-  return helpers.testproc.handle_count()
-end
 
 -- `ret` in each convention: a function that returns at once
 local RET = "\xC3"
@@ -45,7 +40,7 @@ describe("faults", function()
   helpers.linux_it(("a target killed at random points, %d times: readable errors, no hang, no leak")
       :format(RUNS), function()
     math.randomseed(7)
-    local handles = handle_count()
+    local handles = helpers.handle_count()
     local ended = {}
     for run = 1, RUNS do
       local t = helpers.start_target { die_after = math.random(5, 60) }
@@ -68,7 +63,7 @@ describe("faults", function()
       end
       t:stop()
     end
-    assert.equal(handles, handle_count())
+    assert.equal(handles, helpers.handle_count())
     assert.is_not_nil(next(ended))
   end)
 

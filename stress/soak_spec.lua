@@ -7,37 +7,27 @@ local helpers = require "spec.helpers"
 local N = tonumber(os.getenv("RMEM_SOAK")) or (helpers.windows and 5000 or 100000)
 local PAGE = rmem.page_size
 
-local function handle_count()
-  collectgarbage()
-  collectgarbage()
-  return helpers.testproc.handle_count()
-end
 
-local function mapped(p)
-  local n = 0
-  for _ in p:regions { state = { "commit", "reserve" } } do n = n + 1 end
-  return n
-end
 
 describe("soak", function()
   it(("%d open/close cycles leave the handle count flat"):format(N), function()
     local t = helpers.start_target()
-    local before = handle_count()
+    local before = helpers.handle_count()
     for _ = 1, N do rmem.open(t.pid):close() end
-    assert.equal(before, handle_count())
+    assert.equal(before, helpers.handle_count())
     t:stop()
   end)
 
   it(("%d alloc/free cycles leave the handles and the target's mappings flat"):format(N), function()
     local t = helpers.start_target()
     local p = rmem.open(t.pid)
-    local handles, regions = handle_count(), mapped(p)
+    local handles, regions = helpers.handle_count(), helpers.mapped_count(p)
     for i = 1, N do
       local r = p:alloc(PAGE * (1 + i % 4), { commit = i % 3 ~= 0 })
       r:free()
     end
-    assert.equal(handles, handle_count())
-    assert.equal(regions, mapped(p))
+    assert.equal(handles, helpers.handle_count())
+    assert.equal(regions, helpers.mapped_count(p))
     p:close()
     t:stop()
   end)
@@ -45,14 +35,14 @@ describe("soak", function()
   it("10,000 regions left to the collector are all released", function()
     local t = helpers.start_target()
     local p = rmem.open(t.pid)
-    local regions = mapped(p)
+    local regions = helpers.mapped_count(p)
     local kept = {}
     for i = 1, 10000 do kept[i] = p:alloc(PAGE, { protect = i % 2 == 0 and "r" or "rw" }) end
-    assert.is_true(mapped(p) >= regions + 10000)
+    assert.is_true(helpers.mapped_count(p) >= regions + 10000)
     kept = nil -- luacheck: ignore 311 (dropped for the collector)
     collectgarbage()
     collectgarbage()
-    assert.equal(regions, mapped(p))
+    assert.equal(regions, helpers.mapped_count(p))
     p:close()
     t:stop()
   end)
