@@ -88,7 +88,6 @@ end
 --- Runs fn(args...) in the process; returns its result and after()'s.
 local function invoke(p, fn, args, n, timeout, after, op)
   local bits = p.bits
-  local width = bits // 8
   -- the scratch layout: stub, two result slots, the strings
   local strings, values, offset = {}, {}, 0
   for i = 1, n do
@@ -125,7 +124,6 @@ local function invoke(p, fn, args, n, timeout, after, op)
     error(result, 0)
   end
   if not freed then error(ferr, 0) end
-  if width == 4 then result = result & 0xFFFFFFFF end
   return result, extra
 end
 
