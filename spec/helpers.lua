@@ -157,10 +157,7 @@ end
 
 --- The whole of a file (fails if it cannot be opened).
 function helpers.read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
+  return assert(require("rmem.tools").read_file(path), path)
 end
 
 --- Calls fn and returns the error it raised; fails if it did not raise.

@@ -627,18 +627,6 @@ static rb_err need(const rb_proc *p, unsigned long right) {
   return (p->access & right) ? 0 : EACCES;
 }
 
-/* ESRCH for a target gone or replaced, EPERM for one under a seccomp filter
- * (it applies to injected calls too; one rule may kill the target). */
-static rb_err injectable(rb_proc *p) {
-  char status[4096];
-  const char *seccomp;
-  rb_err e;
-  if ((e = check_same(p)) || (e = read_proc(p->pid, "status", status, sizeof status)))
-    return e;
-  seccomp = strstr(status, "Seccomp:");
-  return seccomp && strtol(seccomp + 8, NULL, 10) != 0 ? EPERM : 0;
-}
-
 rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
                uintptr_t *result) {
   rb_err e;
@@ -646,8 +634,6 @@ rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms
     return e;
   if (p->is_self)
     return EINVAL; /* the host cannot trace itself */
-  if ((e = injectable(p)))
-    return e;
   e = rb_inject_fn(p->pid, p->bits == 32, fn, arg, timeout_ms, result);
   return e && check_same(p) ? ESRCH : e;
 }
@@ -665,8 +651,6 @@ static rb_err run_calls(rb_proc *p, calls *cs) {
         c->ret = -errno;
     }
   } else {
-    if ((e = injectable(p)))
-      return e;
     e = rb_inject(p->pid, cs->is32, cs->c, cs->n);
     if (e)
       return e == ESRCH || check_same(p) ? ESRCH : e;

@@ -134,22 +134,27 @@ done:
   return chosen;
 }
 
-/* Single-stepping raises SIGTRAP; a target that ignores SIGTRAP would have it
- * reset to the default action, so step system call by system call then. */
-static int ignores_sigtrap(pid_t tid) {
-  char path[64], buf[2048], *at;
+/* Reads the thread's status once for two things. Single-stepping raises
+ * SIGTRAP, and a thread that ignores SIGTRAP would have it reset to the
+ * default action: *ignores_trap says to step system call by system call
+ * then. A seccomp filter (per thread) would apply to the injected calls
+ * too, and one rule may kill the target: EPERM, nothing injected. */
+static rb_err thread_status(pid_t tid, int *ignores_trap) {
+  char path[64], buf[4096], *at;
   int fd;
   ssize_t got;
   snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
   if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-    return 0;
+    return errno == ENOENT ? ESRCH : (rb_err)errno;
   got = read(fd, buf, sizeof buf - 1);
   close(fd);
   if (got <= 0)
-    return 0;
+    return ESRCH;
   buf[got] = '\0';
   at = strstr(buf, "SigIgn:");
-  return at && (strtoull(at + 7, NULL, 16) & (1ULL << (SIGTRAP - 1)));
+  *ignores_trap = at && (strtoull(at + 7, NULL, 16) & (1ULL << (SIGTRAP - 1)));
+  at = strstr(buf, "Seccomp:");
+  return at && strtol(at + 8, NULL, 10) != 0 ? EPERM : 0;
 }
 
 /* ---- in the helper: the ptrace session -------------------------------------------- */
@@ -446,7 +451,8 @@ static rb_err run_job(job *j) {
   rb_err e;
   int st, report[2];
   j->s.tid = choose_thread(j->s.pid, j->s.is32);
-  j->s.syscall_step = ignores_sigtrap(j->s.tid);
+  if ((e = thread_status(j->s.tid, &j->s.syscall_step)))
+    return e;
   /* (64 calls' results fit in the pipe's buffer: the helper never blocks) */
   if (pipe2(report, O_CLOEXEC))
     return (rb_err)errno;

@@ -20,7 +20,7 @@ typedef struct rb_inject_call {
  * attach, run, restore the thread's registers and signal mask, detach.
  * is32: the target runs in 32-bit mode (int $0x80, ia32 numbers). Returns 0
  * once the calls ran (their results in ret), or the errno that kept them
- * from running. */
+ * from running: EPERM for a thread under a seccomp filter. */
 rb_err rb_inject(pid_t pid, int is32, rb_inject_call *calls, int n);
 
 /* Calls fn(arg) in one thread of process pid (System V x86_64, or cdecl

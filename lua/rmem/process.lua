@@ -25,13 +25,7 @@ local function page_up(n)
   return (n + page - 1) // page * page
 end
 
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file = require("rmem.tools").read_file
 
 --- Linux refuses ptrace with EPERM for several reasons: say which it is.
 local function ptrace_cause(pid)

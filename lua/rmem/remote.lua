@@ -142,16 +142,6 @@ end
 
 -- Exported symbols ---------------------------------------------------------
 
-local function module_of(p, m, n, fname)
-  if type(m) == "table" and m.base then return m end
-  if type(m) ~= "string" then
-    check.argerror(n, fname, "module must be a name or a module table, got " .. type(m))
-  end
-  local found = p:module(m)
-  if not found then check.argerror(n, fname, ("no module named '%s'"):format(m)) end
-  return found
-end
-
 --- A PE image's export, read from the target's memory; forwarders
 -- ("NTDLL.RtlXxx") are followed into the module they name.
 local function pe_export(p, m, name, depth)
@@ -195,13 +185,8 @@ local function pe_export(p, m, name, depth)
   return base + fn
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local tools = require "rmem.tools"
+local read_file, module_of = tools.read_file, tools.module_of
 
 --- An ELF object's dynamic symbol (the default version when there are
 -- several), from the file on disk, relocated to where it is mapped.

@@ -4,6 +4,7 @@
 local core = require "rmem.core"
 local check = require "rmem.check"
 local protect = require "rmem.protect"
+local tools = require "rmem.tools"
 
 local scan = {}
 
@@ -86,8 +87,7 @@ local SCAN_OPTS = { module = true, from = true, to = true, protect = true, limit
 local function bounds(p, opts)
   local from, to = 0, core.user_end
   if opts.module ~= nil then
-    local m = type(opts.module) == "table" and opts.module or p:module(opts.module)
-    if not m then check.argerror(2, "scan", ("no module named '%s'"):format(tostring(opts.module))) end
+    local m = tools.module_of(p, opts.module, 2, "scan")
     from, to = m.base, m.base + m.size
   end
   if opts.from ~= nil then from = math.max(from, check.address(opts.from, 2, "scan")) end

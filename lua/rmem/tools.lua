@@ -4,6 +4,28 @@ local check = require "rmem.check"
 
 local tools = {}
 
+--- The whole of a file, or nil if it cannot be opened (the /proc files the
+-- Linux hints read, the ELF files proc_address parses).
+function tools.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- The module argument n of fname: a module table, or the name of one
+-- (an argument error if the process has none by that name).
+function tools.module_of(p, m, n, fname)
+  if type(m) == "table" and m.base then return m end
+  if type(m) ~= "string" then
+    check.argerror(n, fname, "module must be a name or a module table, got " .. type(m))
+  end
+  local found = p:module(m)
+  if not found then check.argerror(n, fname, ("no module named '%s'"):format(m)) end
+  return found
+end
+
 --- "0x7FF6A0010000"; width pads with zeros to that many hex digits.
 function tools.hex(n, width)
   n = check.integer(n, 1, "hex", "number")
