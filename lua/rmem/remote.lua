@@ -142,6 +142,16 @@ end
 
 -- Exported symbols ---------------------------------------------------------
 
+--- a < b comparing bytes, as strcmp orders a PE export table (Lua's < follows
+-- the locale).
+local function bytes_before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
 --- A PE image's export, read from the target's memory; forwarders
 -- ("NTDLL.RtlXxx") are followed into the module they name.
 local function pe_export(p, m, name, depth)
@@ -158,18 +168,19 @@ local function pe_export(p, m, name, depth)
     index = name - ordinal_base
     if index < 0 or index >= nfuncs then return nil end
   else
-    local block = 1024
-    for first = 0, nnames - 1, block do
-      local count = math.min(block, nnames - first)
-      local raw = p:read(base + names + 4 * first, 4 * count)
-      for i = 0, count - 1 do
-        local at = string.unpack("<I4", raw, 4 * i + 1)
-        if p:read_string(base + at, #name + 1) == name then
-          index = p:read_u16(base + ords + 2 * (first + i))
-          break
-        end
+    -- the name table is sorted by byte value: a binary search reads a dozen
+    -- names where a walk would read them all (a read each)
+    local lo, hi = 0, nnames - 1
+    while lo <= hi and not index do
+      local mid = (lo + hi) // 2
+      local s = p:read_string(base + p:read_u32(base + names + 4 * mid), 512)
+      if s == name then
+        index = p:read_u16(base + ords + 2 * mid)
+      elseif bytes_before(s, name) then
+        lo = mid + 1
+      else
+        hi = mid - 1
       end
-      if index then break end
     end
     if not index then return nil end
   end
