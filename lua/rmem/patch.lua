@@ -2,6 +2,7 @@
 local core = require "rmem.core"
 local check = require "rmem.check"
 local Error = require "rmem.error"
+local live = require "rmem.live"
 
 local Patch = {}
 Patch.__index = Patch
@@ -17,7 +18,7 @@ local function patch(p, address, bytes)
   end
   local original = p:read(a, #bytes)
   p:write(a, bytes, { force = true })
-  return setmetatable({ process = p, address = a, original = original, bytes = bytes }, Patch)
+  return live.track(setmetatable({ process = p, address = a, original = original, bytes = bytes }, Patch))
 end
 
 --- Puts the original bytes back (once).
@@ -33,7 +34,7 @@ end
 
 --- The patched bytes stay; returns the address.
 function Patch:keep()
-  self._done = true
+  self._done, self._kept = true, true
   return self.address
 end
 
@@ -43,6 +44,12 @@ end
 
 function Patch:__close()
   if not self._done then self:restore() end
+end
+
+-- For the rmem command's exit line (rmem.live).
+function Patch:_at_exit()
+  if not self.process._h then return nil end
+  return not self._done and "undo" or self._kept and "keep" or nil
 end
 
 function Patch:__gc()

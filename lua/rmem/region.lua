@@ -4,6 +4,7 @@
 -- are bounds-checked against the region.
 local Error = require "rmem.error"
 local check = require "rmem.check"
+local live = require "rmem.live"
 
 local MEM_RELEASE = 0x8000
 
@@ -12,7 +13,7 @@ Region.__index = Region
 Region.__name = "rmem.Region"
 
 function Region.new(process, address, size)
-  return setmetatable({ process = process, address = address, size = size }, Region)
+  return live.track(setmetatable({ process = process, address = address, size = size }, Region))
 end
 
 -- Called by the process when this allocation is released by any path.
@@ -108,6 +109,12 @@ end
 
 function Region:__close()
   if not self._freed and not self._kept then self:free() end
+end
+
+-- For the rmem command's exit line (rmem.live).
+function Region:_at_exit()
+  if self._freed or not self.process._h then return nil end
+  return self._kept and "keep" or "undo"
 end
 
 function Region:__gc()
