@@ -298,8 +298,11 @@ local function make_reader(interactive)
   end
   if RL then
     RL.set_options { histfile = "~/.rmem_history", keeplines = 1000 }
-    RL.set_complete_function(function(text, from, to) return repl.complete(text:sub(from, to)) end)
-    if RL.set_completion_append_character then RL.set_completion_append_character("") end
+    RL.set_complete_function(function(text, from, to)
+      -- readline resets it to a space before each completion: `p:read(` wants none
+      RL.set_completion_append_character("")
+      return repl.complete(text:sub(from, to))
+    end)
     return RL.readline, RL.save_history, "readline"
   end
   return function(prompt)
