@@ -21,7 +21,7 @@ LIN_HDR  := src/backend.h src/scan.h src/inject_linux.h
 LIN_SO   := gcc $(CFLAGS) -fPIC -shared -I$(LUA_INC)
 SAN      := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all demo demo-windows test windows linux lint clean bench bench-tools fuzz stress
+.PHONY: all demo demo-windows test windows linux lint clean bench bench-tools fuzz stress docs
 
 all: linux
 
@@ -36,11 +36,18 @@ demo-windows:
 test:
 	@scripts/bootstrap
 	@$(MAKE) -s lint
+	@scripts/docs --check
 	@scripts/check-rock
 	@scripts/fuzz short
 	@scripts/run-specs linux scripts/busted-linux spec; \
 	  lrc=$$?; scripts/run-specs windows scripts/busted-windows spec; \
 	  wrc=$$?; scripts/wine-stop; [ $$lrc -eq 0 ] && [ $$wrc -eq 0 ]
+
+# the API reference (LDoc) into docs/; make test fails on a warning or a
+# docs/ that differs from what the comments give
+docs:
+	@scripts/bootstrap linux
+	@scripts/docs
 
 # soak and fault runs on both platforms, and the native suite under valgrind
 stress:
