@@ -122,7 +122,7 @@ $(WIN)/include/lua.h:
 	scripts/bootstrap
 
 lint:
-	luacheck -q lua spec examples bench fuzz rmem-scm-1.rockspec .busted .luacheckrc
+	luacheck -q lua spec examples bench fuzz scripts/rmem rmem-*.rockspec config.ld .busted .luacheckrc
 
 clean:
 	rm -rf $(LIN) $(LIN_ASAN) build/windows/lib/rmem build/windows/lib/testproc.dll build/windows/bin/rmem-target.exe \

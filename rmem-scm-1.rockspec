@@ -44,11 +44,13 @@ local function make_platform(plat)
       ["rmem"] = "lua/rmem/init.lua",
       ["rmem.check"] = "lua/rmem/check.lua",
       ["rmem.error"] = "lua/rmem/error.lua",
+      ["rmem.live"] = "lua/rmem/live.lua",
       ["rmem.patch"] = "lua/rmem/patch.lua",
       ["rmem.process"] = "lua/rmem/process.lua",
       ["rmem.protect"] = "lua/rmem/protect.lua",
       ["rmem.region"] = "lua/rmem/region.lua",
       ["rmem.remote"] = "lua/rmem/remote.lua",
+      ["rmem.repl"] = "lua/rmem/repl.lua",
       ["rmem.scan"] = "lua/rmem/scan.lua",
       ["rmem.tools"] = "lua/rmem/tools.lua",
       ["rmem.typed"] = "lua/rmem/typed.lua",
@@ -65,7 +67,11 @@ build = {
     windows = make_platform("windows"),
     linux = make_platform("linux"),
   },
-  copy_directories = { "examples" },
+  install = {
+    bin = { rmem = "scripts/rmem" }, -- the rmem command (a REPL, or a script runner)
+  },
+  -- docs/ is the API reference (make docs) that `luarocks doc rmem` opens
+  copy_directories = { "examples", "docs" },
 }
 
 test = {

@@ -3,11 +3,15 @@
 local lfs = require "lfs"
 local helpers = require "spec.helpers"
 
-local function load_rockspec()
+local function load_rockspec(name)
   local env = {}
-  local chunk = assert(loadfile(helpers.root .. "/rmem-scm-1.rockspec", "t", env))
+  local chunk = assert(loadfile(helpers.root .. "/" .. (name or "rmem-scm-1.rockspec"), "t", env))
   chunk()
   return env
+end
+
+local function read(path)
+  return helpers.read_file(helpers.root .. "/" .. path)
 end
 
 describe("rmem-scm-1.rockspec", function()
@@ -48,5 +52,34 @@ describe("rmem-scm-1.rockspec", function()
         assert.is_table(lfs.attributes(helpers.root .. "/" .. src), src)
       end
     end
+  end)
+end)
+
+describe("the release", function()
+  local scm = load_rockspec()
+  local version = require("rmem")._VERSION:match("^rmem (%S+)$")
+
+  it("has a rockspec for the version in rmem._VERSION, the scm one but for version and tag", function()
+    local name = ("rmem-%s-1.rockspec"):format(version)
+    local release = load_rockspec(name)
+    assert.equal(version .. "-1", release.version)
+    assert.equal("v" .. version, release.source.tag)
+    local a = read(name):gsub('version = "[^"]*"', ""):gsub('\n  tag = "[^"]*",', "")
+    local b = read("rmem-scm-1.rockspec"):gsub('version = "[^"]*"', "")
+    assert.equal(b, a)
+  end)
+
+  it("installs the rmem command and the docs folder, which exist", function()
+    assert.same({ rmem = "scripts/rmem" }, scm.build.install.bin)
+    assert.matches("^#!/usr/bin/env lua5.4\n", read("scripts/rmem"))
+    assert.same({ "examples", "docs" }, scm.build.copy_directories)
+    assert.is_string(lfs.attributes(helpers.root .. "/docs/index.html", "mode"))
+    assert.is_string(lfs.attributes(helpers.root .. "/docs/modules/rmem.html", "mode"))
+  end)
+
+  it("ships the license the rockspec names, and a changelog that names the version", function()
+    assert.equal("MIT", scm.description.license)
+    assert.matches("^MIT License\n", read("LICENSE"))
+    assert.matches("\n## " .. version:gsub("%p", "%%%0") .. " ", read("CHANGELOG.md"))
   end)
 end)

@@ -98,7 +98,7 @@ describe("the rmem command, in a terminal", function()
     keys("()", "Enter")
     wait_for("\ntrue\nrmem>$", "the method's result")
     keys("Up", "Enter")
-    s = wait_for("\ntrue\nrmem> p:is_alive%(%)\ntrue\nrmem>$", "the line from history")
+    wait_for("\ntrue\nrmem> p:is_alive%(%)\ntrue\nrmem>$", "the line from history")
 
     keys("C-d")
     s = wait_for("%[rmem exited %d+%]", "the exit")

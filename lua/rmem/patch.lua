@@ -2,7 +2,7 @@
 local core = require "rmem.core"
 local check = require "rmem.check"
 local Error = require "rmem.error"
-local live = require "rmem.live"
+local registry = require "rmem.live"
 
 local Patch = {}
 Patch.__index = Patch
@@ -18,7 +18,7 @@ local function patch(p, address, bytes)
   end
   local original = p:read(a, #bytes)
   p:write(a, bytes, { force = true })
-  return live.track(setmetatable({ process = p, address = a, original = original, bytes = bytes }, Patch))
+  return registry.track(setmetatable({ process = p, address = a, original = original, bytes = bytes }, Patch))
 end
 
 --- Puts the original bytes back (once).

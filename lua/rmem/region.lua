@@ -4,7 +4,7 @@
 -- are bounds-checked against the region.
 local Error = require "rmem.error"
 local check = require "rmem.check"
-local live = require "rmem.live"
+local registry = require "rmem.live"
 
 local MEM_RELEASE = 0x8000
 
@@ -13,7 +13,7 @@ Region.__index = Region
 Region.__name = "rmem.Region"
 
 function Region.new(process, address, size)
-  return live.track(setmetatable({ process = process, address = address, size = size }, Region))
+  return registry.track(setmetatable({ process = process, address = address, size = size }, Region))
 end
 
 -- Called by the process when this allocation is released by any path.

@@ -1,0 +1,80 @@
+rockspec_format = "3.0"
+package = "rmem"
+version = "0.1.0-1"
+
+source = {
+  url = "git+file://.",
+  tag = "v0.1.0",
+}
+
+description = {
+  summary = "Work with the memory of another process from Lua",
+  detailed = [[
+rmem lets Lua scripts allocate, commit, decommit, release, protect, query,
+read and write the memory of another process (VirtualAllocEx / VirtualFreeEx
+and friends on Windows; process_vm_readv and ptrace-injected mmap/mprotect/munmap
+on Linux), with region objects that release themselves exactly
+once and errors that say what went wrong and what to do.]],
+  license = "MIT",
+  labels = { "memory", "process", "windows", "modding" },
+}
+
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+
+supported_platforms = { "windows", "linux" }
+
+-- The whole modules table for one platform: LuaRocks merges platform
+-- overrides key by key, so a per-platform `sources` list would be replaced
+-- entry by entry rather than swapped.
+local function make_platform(plat)
+  local core = {
+    windows = {
+      sources = { "src/core.c", "src/backend_win.c", "src/scan.c" },
+      libraries = { "kernel32", "advapi32" },
+      incdirs = { "src" },
+    },
+    linux = {
+      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c" },
+      incdirs = { "src" },
+    },
+  }
+  return {
+    modules = {
+      ["rmem"] = "lua/rmem/init.lua",
+      ["rmem.check"] = "lua/rmem/check.lua",
+      ["rmem.error"] = "lua/rmem/error.lua",
+      ["rmem.live"] = "lua/rmem/live.lua",
+      ["rmem.patch"] = "lua/rmem/patch.lua",
+      ["rmem.process"] = "lua/rmem/process.lua",
+      ["rmem.protect"] = "lua/rmem/protect.lua",
+      ["rmem.region"] = "lua/rmem/region.lua",
+      ["rmem.remote"] = "lua/rmem/remote.lua",
+      ["rmem.repl"] = "lua/rmem/repl.lua",
+      ["rmem.scan"] = "lua/rmem/scan.lua",
+      ["rmem.tools"] = "lua/rmem/tools.lua",
+      ["rmem.typed"] = "lua/rmem/typed.lua",
+      ["rmem.core"] = core[plat],
+    },
+  }
+end
+
+-- No top-level modules: an override would be merged into it key by key and
+-- leave one platform's sources and libraries in the other's build.
+build = {
+  type = "builtin",
+  platforms = {
+    windows = make_platform("windows"),
+    linux = make_platform("linux"),
+  },
+  install = {
+    bin = { rmem = "scripts/rmem" }, -- the rmem command (a REPL, or a script runner)
+  },
+  -- docs/ is the API reference (make docs) that `luarocks doc rmem` opens
+  copy_directories = { "examples", "docs" },
+}
+
+test = {
+  type = "busted",
+}
