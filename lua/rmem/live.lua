@@ -7,8 +7,8 @@ local live = {}
 local objects = setmetatable({}, { __mode = "k" })
 local serial = 0
 
---- Tracks obj, which has `_at_exit()` (returns "undo", "keep" or nil when
--- there is nothing left to do) and `__gc` (undoes it, never raises).
+--- Tracks obj, which has `_at_exit()` (returns "undo", "keep" when it stays
+-- in the target, or nil when there is nothing left to do) and `__gc` (undoes it, never raises).
 function live.track(obj)
   serial = serial + 1
   objects[obj] = serial
@@ -16,7 +16,7 @@ function live.track(obj)
 end
 
 --- The tracked objects that still change a target, newest first: two lists,
--- those to undo and those kept.
+-- those to undo and those that stay (kept, or of a process closed already).
 function live.pending()
   local all = {}
   for obj, n in pairs(objects) do all[#all + 1] = { obj = obj, n = n } end

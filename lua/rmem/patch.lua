@@ -46,10 +46,11 @@ function Patch:__close()
   if not self._done then self:restore() end
 end
 
--- For the rmem command's exit line (rmem.live).
+-- For the rmem command's exit line (rmem.live): a patch of a closed
+-- process stays in the target, as a kept one does.
 function Patch:_at_exit()
-  if not self.process._h then return nil end
-  return not self._done and "undo" or self._kept and "keep" or nil
+  if self._kept or (not self._done and not self.process._h) then return "keep" end
+  return not self._done and "undo" or nil
 end
 
 function Patch:__gc()

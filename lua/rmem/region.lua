@@ -111,10 +111,11 @@ function Region:__close()
   if not self._freed and not self._kept then self:free() end
 end
 
--- For the rmem command's exit line (rmem.live).
+-- For the rmem command's exit line (rmem.live): a region of a closed
+-- process stays in the target, as a kept one does.
 function Region:_at_exit()
-  if self._freed or not self.process._h then return nil end
-  return self._kept and "keep" or "undo"
+  if self._freed then return nil end
+  return (self._kept or not self.process._h) and "keep" or "undo"
 end
 
 function Region:__gc()

@@ -10,7 +10,8 @@
 --
 -- At exit the command undoes, newest first, what the script or session
 -- left live (patches restored, regions freed) and says so in one line on
--- stderr, with the objects that were kept. `RMEM_TRACEBACK=1` prints a
+-- stderr, with those that stay: kept ones, and those of a process the
+-- script closed (closing a process leaves its regions and patches alone). `RMEM_TRACEBACK=1` prints a
 -- traceback with every error; `.traceback` prints the last one's.
 -- @module rmem.repl
 local rmem = require "rmem"
@@ -362,7 +363,9 @@ local function short(obj)
   return tostring(obj):gsub("^rmem%.", "")
 end
 
---- The exit line: what is being undone, and what stays in the target.
+--- The exit line: what is being undone, and what stays in the target
+-- (kept, or of a process closed already, whose regions and patches are left
+-- alone).
 function repl.exit_line(undo, keep)
   local parts = {}
   local function list(objs)
@@ -371,7 +374,7 @@ function repl.exit_line(undo, keep)
     return table.concat(s, ", ")
   end
   if #undo > 0 then parts[#parts + 1] = "undoing " .. list(undo) end
-  if #keep > 0 then parts[#parts + 1] = "kept in the target: " .. list(keep) end
+  if #keep > 0 then parts[#parts + 1] = "left in the target: " .. list(keep) end
   return "rmem: at exit, " .. table.concat(parts, "; ")
 end
 
