@@ -298,7 +298,12 @@ local function make_reader(interactive)
     RL = ok and m or nil
   end
   if RL then
-    RL.set_options { histfile = "~/.rmem_history", keeplines = 1000 }
+    -- no history file where there is no home to keep it in (readline would
+    -- complain at exit)
+    local home = os.getenv("HOME")
+    local hist = home and io.open(home .. "/.rmem_history", "a")
+    if hist then hist:close() end
+    RL.set_options { histfile = hist and home .. "/.rmem_history" or "", keeplines = 1000 }
     RL.set_complete_function(function(text, from, to)
       -- readline resets it to a space before each completion: `p:read(` wants none
       RL.set_completion_append_character("")
