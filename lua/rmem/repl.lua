@@ -322,7 +322,8 @@ local HELP = [[
   .traceback   the traceback of the last error (RMEM_TRACEBACK=1: with every error)
   .help        this text
   .exit        leave (so does end of input); live patches and regions are undone,
-               kept ones stay (r:keep(), patch:keep())]]
+               kept ones stay (r:keep(), patch:keep())
+  Ctrl-C       stops a running line; at the prompt it ends rmem without undoing]]
 
 --- The read-eval-print loop; returns how many chunks failed.
 function repl.loop(interactive)
