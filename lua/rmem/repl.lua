@@ -398,12 +398,18 @@ end
 local USAGE = [[
 usage: rmem [PID|NAME]          a REPL with rmem loaded (and that process as p)
        rmem -e CODE             evaluate CODE, print its value, exit
-       rmem script.lua [args]   run a script (arg as lua sets it)]]
+       rmem script.lua [args]   run a script (arg as lua sets it; a file named
+                                *.lua or starting with #!)]]
 
-local function file_exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() end
-  return f ~= nil
+-- A script is named *.lua or starts with `#!`: an executable that is there
+-- too (`rmem game.exe` in the game's folder) names a process.
+local function is_script(path)
+  if path:match("%.lua$") then return true end
+  local f = io.open(path, "rb")
+  if not f then return false end
+  local head = f:read(2)
+  f:close()
+  return head == "#!"
 end
 
 --- The command line: returns the exit code.
@@ -425,7 +431,7 @@ function repl.main(argv)
       return 2
     end
     code = repl.eval(argv[2]) and 0 or 1
-  elseif a1 and (a1:match("%.lua$") or file_exists(a1)) then
+  elseif a1 and is_script(a1) then
     _G.arg = table.move(argv, 1, #argv, 0, { [-1] = argv[0] })
     local f, err = loadfile(a1)
     if not f then
