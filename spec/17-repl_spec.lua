@@ -45,9 +45,9 @@ describe("the rmem command, in a terminal", function()
     local home = os.tmpname()
     os.remove(home)
     assert(os.execute("mkdir " .. home))
-    local sock = "rmem-spec-" .. t.pid
+    local sock = home .. ".tmux" -- a server of its own
     local function tmux(args)
-      return run("tmux -L " .. sock .. " " .. args)
+      return run("tmux -S " .. sh_quote(sock) .. " " .. args)
     end
     local function screen()
       -- without the blank lines below and the blanks after each line
@@ -68,7 +68,7 @@ describe("the rmem command, in a terminal", function()
     end
     finally(function()
       tmux("kill-server")
-      os.execute("rm -rf " .. home)
+      os.execute("rm -rf " .. sh_quote(home) .. " " .. sh_quote(sock))
       me:close()
       t:stop()
     end)
