@@ -17,10 +17,14 @@
  *                     after starting, whatever it is doing (the fault specs)
  * --until-eof         read commands from standard input: "exit N" exits with
  *                     code N, end of input exits 0; otherwise idle until killed
+ * --chain             build static -> heap A (+0x48) -> heap B (+0x10) -> a
+ *                     value (0x5EED5EED00C0FFEE) at fresh heap addresses, among
+ *                     decoys (examples/pointer_scan.lua, the pointer scan specs)
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #ifdef _WIN32
 #include <windows.h>
 #define getpid() GetCurrentProcessId()
@@ -30,6 +34,7 @@
 #endif
 
 volatile int score;
+
 
 /* Compiles to "mov eax, [score]; add eax, 1; mov [score], eax; ret" with
  * gcc and MinGW -O2, the code examples/code_cave.lua looks for. */
@@ -106,6 +111,38 @@ static void *sleeper(void *arg) {
 }
 #endif
 
+/* --chain: the root of the chain and a decoy, in the program's static data */
+void *volatile chain_root, *volatile decoy_root;
+
+/* Heap blocks at addresses that differ from run to run: a random number of
+ * random-sized blocks first, the chain's among decoys that point near it. */
+static int build_chain(void) {
+  volatile unsigned lo = 0x00C0FFEEu, hi = 0x5EED5EEDu; /* never whole in the code */
+  unsigned long long value = (unsigned long long)hi << 32 | lo;
+  char *a, *b, *decoy;
+  int i, n;
+  srand((unsigned)getpid() ^ (unsigned)time(NULL));
+  n = 1 + rand() % 64;
+  for (i = 0; i < n; i++)
+    if (malloc((size_t)(16 + rand() % 4096)) == NULL)
+      return 0;
+  a = (char *)calloc(1, 0x100);
+  /* a gap wider than a pointer scan's reach: A +0x120 is no shortcut to B */
+  if (malloc((size_t)(0x2000 + rand() % 0x8000)) == NULL)
+    return 0;
+  b = (char *)calloc(1, 0x40);
+  decoy = (char *)calloc(1, 0x100);
+  if (a == NULL || b == NULL || decoy == NULL)
+    return 0;
+  memcpy(a + 0x48, &b, sizeof b);
+  memcpy(b + 0x10, &value, sizeof value);
+  memcpy(decoy + 0x8, &b, sizeof b);     /* reaches B, but from no static */
+  memcpy(decoy + 0x20, &decoy, sizeof decoy);
+  chain_root = a;
+  decoy_root = decoy + 0x80;           /* static, but its chains miss the value */
+  return 1;
+}
+
 int main(int argc, char **argv) {
   int i, until_eof = 0;
   for (i = 1; i < argc; i++) {
@@ -120,6 +157,9 @@ int main(int argc, char **argv) {
       if (pthread_create(&th, NULL, ticker, NULL) != 0)
         return 4;
 #endif
+    } else if (strcmp(argv[i], "--chain") == 0) {
+      if (!build_chain())
+        return 4;
     } else if (strcmp(argv[i], "--die-after") == 0 && i + 1 < argc) {
       size_t ms = (size_t)atol(argv[++i]);
 #ifdef _WIN32
@@ -163,7 +203,7 @@ int main(int argc, char **argv) {
 #endif
     } else {
       fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N] "
-                      "[--seccomp] [--tick] [--die-after MS] [--until-eof]\n",
+                      "[--seccomp] [--tick] [--die-after MS] [--until-eof] [--chain]\n",
               argv[0]);
       return 1;
     }

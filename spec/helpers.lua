@@ -78,6 +78,7 @@ local function start(path, opts)
   if opts.threads then args = { "--threads", tostring(opts.threads) } end
   if opts.seccomp then args[#args + 1] = "--seccomp" end
   if opts.tick then args[#args + 1] = "--tick" end
+  if opts.chain then args[#args + 1] = "--chain" end
   if opts.die_after then
     args[#args + 1] = "--die-after"
     args[#args + 1] = tostring(opts.die_after)
@@ -95,7 +96,8 @@ end
 -- target, threads = N for N more threads, seccomp = true for a target
 -- under a seccomp filter; tick = true (both) for a thread calling tick()
 -- every millisecond (examples/code_cave.lua); die_after = ms (both) for a
--- target killed that long after it started. On Linux the object also has
+-- target killed that long after it started; chain = true (both) for a
+-- static -> heap -> heap -> value chain (examples/target.c --chain). On Linux the object also has
 -- proc, testproc's own handle (send, wait, trace, untrace).
 function helpers.start_target(opts)
   opts = opts or {}

@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "scan.h"
+#include "ptrmap.h"
 
 #define RMEM_VERSION "rmem.core 0.1.0"
 #define HANDLE_META "rmem.core.handle"
@@ -539,6 +540,24 @@ static int h_find(lua_State *L) {
   return push_matches(L, &pat, (const unsigned char *)h->scratch, n, (lua_Integer)addr, 6);
 }
 
+/* h:pointers(address, n, map): reads [address, address + n) into the
+ * handle's buffer and adds the pointers in it to the pointer map; returns
+ * how many, or nil, msg, code when the read fails. */
+static int h_pointers(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  lhandle *h = (lhandle *)lua_touserdata(L, 1);
+  uintptr_t addr = check_address(L, 2);
+  size_t n = check_size(L, 3, addr), done;
+  rb_err e;
+  luaL_argcheck(L, n <= SCRATCH_MAX, 3, "at most 2 MiB at a time");
+  if (!grow_scratch(h, n))
+    return luaL_error(L, "not enough memory");
+  if ((e = n ? rb_read(p, addr, h->scratch, n, &done) : 0))
+    return os_fail(L, "read", e);
+  lua_pushinteger(L, rm_ptrmap_collect(L, 4, (const unsigned char *)h->scratch, n, addr));
+  return 1;
+}
+
 /* ---- registration ------------------------------------------------------------ */
 
 /* The Win32 numbers, on every platform (the backends give them meaning). */
@@ -590,6 +609,7 @@ static const luaL_Reg methods[] = {
   {"regions", h_regions},
   {"read", h_read},
   {"find", h_find},
+  {"pointers", h_pointers},
   {"write", h_write},
   {"is_alive", h_is_alive},
   {"exit_code", h_exit_code},
@@ -634,5 +654,6 @@ RMEM_EXPORT int luaopen_rmem_core(lua_State *L) {
   lua_setfield(L, -2, "platform");
   lua_pushliteral(L, RMEM_VERSION);
   lua_setfield(L, -2, "_VERSION");
+  rm_ptrmap_open(L);
   return 1;
 }

@@ -10,12 +10,14 @@ local scan = require "rmem.scan"
 local tools = require "rmem.tools"
 local patch = require "rmem.patch"
 local remote = require "rmem.remote"
+local ptrscan = require "rmem.ptrscan"
 
 typed.install(Process, Region, Region._span, core.page_size)
 scan.install(Process)
 tools.install(Process)
 patch.install(Process)
 remote.install(Process)
+ptrscan.install(Process)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end
@@ -31,7 +33,9 @@ local rmem = {
   self = Process.self,
   processes = Process.processes,
 
-  hex = tools.hex,          -- rmem.hex(0x10000) -> "0x10000"
+  hex = tools.hex,
+  pointer_scan = ptrscan.pointer_scan,
+  load_pointer_map = ptrscan.load_pointer_map,          -- rmem.hex(0x10000) -> "0x10000"
 
   Error = Error,
   is_error = Error.is_error,

@@ -61,9 +61,27 @@ end
 -- reads a pointer there, ..., adds the last offset and returns that
 -- address (not read). base is an address or "module+0xOFFSET".
 local function resolve(p, base, ...)
+  local offsets = table.pack(...)
+  if type(base) == "string" and base:find("->", 1, true) then
+    -- the pointer scan's form, "game.exe+0x1A2B30 -> 0x48 -> 0x8", then
+    -- any further offsets given as arguments
+    local steps, chained = {}, { n = 0 }
+    for step in (base .. "->"):gmatch("(.-)%->") do steps[#steps + 1] = step end
+    base = steps[1]
+    for i = 2, #steps do
+      local off = math.tointeger(tonumber((steps[i]:match("^%s*(.-)%s*$"))))
+      if not off then
+        check.argerror(1, "resolve", ("bad offset '%s' in the chain"):format(steps[i]))
+      end
+      chained.n = chained.n + 1
+      chained[chained.n] = off
+    end
+    for i = 1, offsets.n do chained[chained.n + i] = offsets[i] end
+    chained.n = chained.n + offsets.n
+    offsets = chained
+  end
   local address = type(base) == "string" and module_address(p, base)
     or check.address(base, 1, "resolve")
-  local offsets = table.pack(...)
   for i = 1, offsets.n do
     local off = check.integer(offsets[i], i + 1, "resolve", "offset")
     local ok, ptr = pcall(p.read_ptr, p, address)

@@ -1,0 +1,688 @@
+/*
+ * Pointer maps and the pointer scan, for rmem.core.
+ *
+ * A map holds every aligned pointer-sized value found in a process's memory
+ * that points into one of its committed regions, as (address, value) pairs
+ * in address order, plus an index of them in value order. The scan walks it
+ * backwards from a target address, breadth-first: level k holds the
+ * addresses from which k dereferences (each followed by an offset of at most
+ * max_offset) reach the target. Chains start at static addresses (inside a
+ * module), shortest first.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "ptrmap.h"
+
+#define MAP_META "rmem.core.ptrmap"
+#define FILE_MAGIC "RMEMPTRS"
+#define FILE_VERSION 1u
+/* A level of the scan stops growing here (its edges): the rest is dropped
+ * and the result says it was truncated. */
+#define LEVEL_MAX ((size_t)1 << 22)
+
+typedef struct range {
+  uint64_t lo, hi;
+} range;
+
+typedef struct ptrmap {
+  int bits;                /* 32 or 64: the pointer size of the process */
+  range *targets;          /* committed regions, while building */
+  size_t ntargets, captargets;
+  uint64_t *addr, *val;    /* the pairs, in address order */
+  size_t n, cap;
+  uint32_t *byval;         /* indices of the pairs in value order */
+  int finished;
+} ptrmap;
+
+static ptrmap *check_map(lua_State *L, int arg) {
+  ptrmap *m = (ptrmap *)luaL_checkudata(L, arg, MAP_META);
+  if (m->bits == 0) /* released */
+    luaL_argerror(L, arg, "the pointer map is closed");
+  return m;
+}
+
+static void map_release(ptrmap *m) {
+  free(m->targets);
+  free(m->addr);
+  free(m->val);
+  free(m->byval);
+  memset(m, 0, sizeof *m);
+}
+
+static ptrmap *new_map(lua_State *L, int bits) {
+  ptrmap *m = (ptrmap *)lua_newuserdatauv(L, sizeof(ptrmap), 0);
+  memset(m, 0, sizeof *m);
+  m->bits = bits;
+  luaL_setmetatable(L, MAP_META);
+  return m;
+}
+
+/* core.ptrmap(bits) -> an empty map to build */
+static int map_new(lua_State *L) {
+  lua_Integer bits = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, bits == 32 || bits == 64, 1, "bits must be 32 or 64");
+  new_map(L, (int)bits);
+  return 1;
+}
+
+/* m:target(lo, hi): values in [lo, hi) are pointers (a committed region) */
+static int map_target(lua_State *L) {
+  ptrmap *m = check_map(L, 1);
+  lua_Integer lo = luaL_checkinteger(L, 2), hi = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, !m->finished, 1, "the pointer map is finished");
+  luaL_argcheck(L, lo >= 0 && hi > lo, 3, "need 0 <= lo < hi");
+  luaL_argcheck(L, m->ntargets == 0 || (uint64_t)lo >= m->targets[m->ntargets - 1].hi, 2,
+                "target ranges must ascend");
+  if (m->ntargets == m->captargets) {
+    size_t cap = m->captargets ? m->captargets * 2 : 64;
+    range *grown = (range *)realloc(m->targets, cap * sizeof *grown);
+    if (grown == NULL)
+      return luaL_error(L, "not enough memory");
+    m->targets = grown;
+    m->captargets = cap;
+  }
+  if (m->ntargets && m->targets[m->ntargets - 1].hi == (uint64_t)lo)
+    m->targets[m->ntargets - 1].hi = (uint64_t)hi; /* adjacent regions merge */
+  else {
+    m->targets[m->ntargets].lo = (uint64_t)lo;
+    m->targets[m->ntargets].hi = (uint64_t)hi;
+    m->ntargets++;
+  }
+  return 0;
+}
+
+static int is_target(const ptrmap *m, uint64_t v) {
+  size_t lo = 0, hi = m->ntargets;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (v >= m->targets[mid].hi)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < m->ntargets && v >= m->targets[lo].lo;
+}
+
+static int push_pair(ptrmap *m, uint64_t a, uint64_t v) {
+  if (m->n == m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 4096;
+    uint64_t *ga = (uint64_t *)realloc(m->addr, cap * sizeof *ga), *gv;
+    if (ga == NULL)
+      return 0;
+    m->addr = ga;
+    if ((gv = (uint64_t *)realloc(m->val, cap * sizeof *gv)) == NULL)
+      return 0;
+    m->val = gv;
+    m->cap = cap;
+  }
+  m->addr[m->n] = a;
+  m->val[m->n] = v;
+  m->n++;
+  return 1;
+}
+
+int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n, uint64_t base) {
+  ptrmap *m = check_map(L, arg);
+  size_t step, i, before = m->n;
+  uint64_t first, last;
+  luaL_argcheck(L, !m->finished, arg, "the pointer map is finished");
+  luaL_argcheck(L, m->n == 0 || base > m->addr[m->n - 1], arg - 1,
+                "memory must be added in ascending order");
+  if (m->ntargets == 0)
+    return 0;
+  step = (size_t)m->bits / 8;
+  first = m->targets[0].lo;
+  last = m->targets[m->ntargets - 1].hi;
+  /* the first aligned slot at or after base */
+  i = (size_t)((step - base % step) % step);
+  for (; i + step <= n; i += step) {
+    uint64_t v;
+    if (step == 8) {
+      memcpy(&v, data + i, 8);
+    } else {
+      uint32_t v32;
+      memcpy(&v32, data + i, 4);
+      v = v32;
+    }
+    /* most values (zeros, small numbers, text) fail the first test */
+    if (v < first || v >= last || !is_target(m, v))
+      continue;
+    if (!push_pair(m, base + i, v))
+      return luaL_error(L, "not enough memory for the pointer map");
+  }
+  return (int)(m->n - before > (size_t)INT32_MAX ? INT32_MAX : m->n - before);
+}
+
+/* Sorts idx[0..n) by val[idx], then by idx (stable LSD radix, 11-bit digits;
+ * a digit that every key shares costs nothing but its count). */
+static int sort_by_value(const uint64_t *val, uint32_t *idx, size_t n) {
+  uint32_t *tmp = (uint32_t *)malloc((n ? n : 1) * sizeof *tmp);
+  size_t *count = (size_t *)malloc(2048 * sizeof *count);
+  int shift;
+  if (tmp == NULL || count == NULL) {
+    free(tmp);
+    free(count);
+    return 0;
+  }
+  for (shift = 0; shift < 64; shift += 11) {
+    size_t i, sum = 0;
+    memset(count, 0, 2048 * sizeof *count);
+    for (i = 0; i < n; i++)
+      count[(val[idx[i]] >> shift) & 2047]++;
+    if (n == 0 || count[(val[idx[0]] >> shift) & 2047] == n)
+      continue;
+    for (i = 0; i < 2048; i++) {
+      size_t c = count[i];
+      count[i] = sum;
+      sum += c;
+    }
+    for (i = 0; i < n; i++)
+      tmp[count[(val[idx[i]] >> shift) & 2047]++] = idx[i];
+    memcpy(idx, tmp, n * sizeof *idx);
+  }
+  free(tmp);
+  free(count);
+  return 1;
+}
+
+static int finish(ptrmap *m) {
+  size_t i;
+  free(m->targets);
+  m->targets = NULL;
+  m->ntargets = m->captargets = 0;
+  if ((m->byval = (uint32_t *)malloc((m->n ? m->n : 1) * sizeof *m->byval)) == NULL)
+    return 0;
+  for (i = 0; i < m->n; i++)
+    m->byval[i] = (uint32_t)i;
+  if (!sort_by_value(m->val, m->byval, m->n))
+    return 0;
+  m->finished = 1;
+  return 1;
+}
+
+/* m:finish(): no more memory; builds the value index */
+static int map_finish(lua_State *L) {
+  ptrmap *m = check_map(L, 1);
+  luaL_argcheck(L, !m->finished, 1, "the pointer map is finished");
+  luaL_argcheck(L, m->n <= UINT32_MAX, 1, "more than 4 billion pointers");
+  if (!finish(m))
+    return luaL_error(L, "not enough memory for the pointer map");
+  return 0;
+}
+
+static ptrmap *check_finished(lua_State *L, int arg) {
+  ptrmap *m = check_map(L, arg);
+  luaL_argcheck(L, m->finished, arg, "the pointer map is not finished");
+  return m;
+}
+
+static int map_count(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_map(L, 1)->n);
+  return 1;
+}
+
+static int map_bits(lua_State *L) {
+  lua_pushinteger(L, check_map(L, 1)->bits);
+  return 1;
+}
+
+/* The pointer stored at address a, if the map has one. */
+static int value_at(const ptrmap *m, uint64_t a, uint64_t *v) {
+  size_t lo = 0, hi = m->n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (m->addr[mid] < a)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < m->n && m->addr[lo] == a) {
+    *v = m->val[lo];
+    return 1;
+  }
+  return 0;
+}
+
+/* m:value_at(address) -> the pointer stored there, or nil */
+static int map_value_at(lua_State *L) {
+  ptrmap *m = check_finished(L, 1);
+  uint64_t v;
+  if (!value_at(m, (uint64_t)luaL_checkinteger(L, 2), &v))
+    return 0;
+  lua_pushinteger(L, (lua_Integer)v);
+  return 1;
+}
+
+static int map_close(lua_State *L) {
+  ptrmap *m = (ptrmap *)luaL_checkudata(L, 1, MAP_META);
+  map_release(m);
+  return 0;
+}
+
+/* ---- files ------------------------------------------------------------------
+ * "RMEMPTRS", u32 version, u32 bits, u32 header length, the header (the Lua
+ * layer's text: modules and process), u64 count, then count (address, value)
+ * pairs as little-endian u64, in address order: 16 bytes a pointer. */
+
+static void put_u32(unsigned char *b, uint32_t v) {
+  int i;
+  for (i = 0; i < 4; i++)
+    b[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put_u64(unsigned char *b, uint64_t v) {
+  int i;
+  for (i = 0; i < 8; i++)
+    b[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const unsigned char *b) {
+  return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static uint64_t get_u64(const unsigned char *b) {
+  return (uint64_t)get_u32(b) | (uint64_t)get_u32(b + 4) << 32;
+}
+
+static int file_fail(lua_State *L, FILE *f, const char *what, const char *path) {
+  if (f != NULL)
+    fclose(f);
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: %s", path, what);
+  return 2;
+}
+
+/* m:save(path, header) -> true | nil, message */
+static int map_save(lua_State *L) {
+  ptrmap *m = check_finished(L, 1);
+  const char *path = luaL_checkstring(L, 2);
+  size_t hlen, i;
+  const char *header = luaL_checklstring(L, 3, &hlen);
+  unsigned char head[20], pair[16 * 256];
+  FILE *f = fopen(path, "wb");
+  if (f == NULL)
+    return file_fail(L, NULL, "cannot be created", path);
+  memcpy(head, FILE_MAGIC, 8);
+  put_u32(head + 8, FILE_VERSION);
+  put_u32(head + 12, (uint32_t)m->bits);
+  put_u32(head + 16, (uint32_t)hlen);
+  if (fwrite(head, 1, 20, f) != 20 || fwrite(header, 1, hlen, f) != hlen)
+    return file_fail(L, f, "write failed", path);
+  put_u64(pair, (uint64_t)m->n);
+  if (fwrite(pair, 1, 8, f) != 8)
+    return file_fail(L, f, "write failed", path);
+  for (i = 0; i < m->n;) {
+    size_t k = 0;
+    for (; k < 256 && i < m->n; k++, i++) {
+      put_u64(pair + 16 * k, m->addr[i]);
+      put_u64(pair + 16 * k + 8, m->val[i]);
+    }
+    if (fwrite(pair, 16, k, f) != k)
+      return file_fail(L, f, "write failed", path);
+  }
+  if (fclose(f) != 0)
+    return file_fail(L, NULL, "write failed", path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.ptrmap_load(path) -> map, header | nil, message */
+static int map_load(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  unsigned char head[20], pair[16 * 256];
+  uint32_t version, bits, hlen;
+  uint64_t count, i;
+  luaL_Buffer b;
+  ptrmap *m;
+  FILE *f = fopen(path, "rb");
+  if (f == NULL)
+    return file_fail(L, NULL, "cannot be opened", path);
+  if (fread(head, 1, 20, f) != 20 || memcmp(head, FILE_MAGIC, 8) != 0)
+    return file_fail(L, f, "not an rmem pointer map", path);
+  version = get_u32(head + 8);
+  bits = get_u32(head + 12);
+  hlen = get_u32(head + 16);
+  if (version != FILE_VERSION) {
+    fclose(f);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: pointer map version %d (this rmem reads version %d)", path,
+                    (int)version, (int)FILE_VERSION);
+    return 2;
+  }
+  if ((bits != 32 && bits != 64) || hlen > (1u << 24))
+    return file_fail(L, f, "damaged header", path);
+  luaL_buffinit(L, &b);
+  while (hlen > 0) {
+    size_t k = hlen < sizeof pair ? hlen : sizeof pair;
+    if (fread(pair, 1, k, f) != k)
+      return file_fail(L, f, "truncated", path);
+    luaL_addlstring(&b, (const char *)pair, k);
+    hlen -= (uint32_t)k;
+  }
+  luaL_pushresult(&b);
+  if (fread(pair, 1, 8, f) != 8)
+    return file_fail(L, f, "truncated", path);
+  count = get_u64(pair);
+  if (count > UINT32_MAX)
+    return file_fail(L, f, "damaged header", path);
+  m = new_map(L, (int)bits);
+  m->cap = (size_t)count ? (size_t)count : 1;
+  m->addr = (uint64_t *)malloc(m->cap * sizeof *m->addr);
+  m->val = (uint64_t *)malloc(m->cap * sizeof *m->val);
+  if (m->addr == NULL || m->val == NULL) {
+    fclose(f);
+    return luaL_error(L, "not enough memory for the pointer map");
+  }
+  for (i = 0; i < count;) {
+    size_t k = count - i < 256 ? (size_t)(count - i) : 256, j;
+    if (fread(pair, 16, k, f) != k)
+      return file_fail(L, f, "truncated", path);
+    for (j = 0; j < k; j++, i++) {
+      m->addr[i] = get_u64(pair + 16 * j);
+      m->val[i] = get_u64(pair + 16 * j + 8);
+      if (i > 0 && m->addr[i] <= m->addr[i - 1])
+        return file_fail(L, f, "damaged (addresses out of order)", path);
+    }
+    m->n = (size_t)i;
+  }
+  if (fread(pair, 1, 1, f) != 0)
+    return file_fail(L, f, "has data after its pointers", path);
+  fclose(f);
+  if (!finish(m))
+    return luaL_error(L, "not enough memory for the pointer map");
+  lua_insert(L, -2); /* map, header */
+  return 2;
+}
+
+/* ---- the scan ----------------------------------------------------------------- */
+
+typedef struct edge {
+  uint64_t from;    /* the address holding the pointer */
+  uint32_t parent;  /* its node in the level below */
+  uint32_t offset;  /* added to the pointer to reach that node */
+} edge;
+
+typedef struct level {
+  uint64_t *nodes; /* sorted, distinct */
+  size_t n;
+  size_t *first;   /* the edges of node i: edges[first[i] .. first[i + 1]) */
+  edge *edges;
+} level;
+
+static int edge_cmp(const void *a, const void *b) {
+  const edge *x = (const edge *)a, *y = (const edge *)b;
+  if (x->from != y->from)
+    return x->from < y->from ? -1 : 1;
+  if (x->offset != y->offset)
+    return x->offset < y->offset ? -1 : 1;
+  return x->parent < y->parent ? -1 : x->parent > y->parent;
+}
+
+/* The first pair (in value order) whose value is at least v. */
+static size_t lower_value(const ptrmap *m, uint64_t v) {
+  size_t lo = 0, hi = m->n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (m->val[m->byval[mid]] < v)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Builds level k+1 from level k: every address whose pointer, plus at most
+ * max_offset, reaches a node of level k. Returns 0 when out of memory; sets
+ * *truncated when the level hit LEVEL_MAX. */
+static int next_level(const ptrmap *m, const level *below, uint64_t max_offset, level *up,
+                      int *truncated) {
+  size_t cap = 1024, n = 0, i, j;
+  edge *e = (edge *)malloc(cap * sizeof *e);
+  memset(up, 0, sizeof *up);
+  if (e == NULL)
+    return 0;
+  for (i = 0; i < below->n && !*truncated; i++) {
+    uint64_t node = below->nodes[i];
+    size_t k = lower_value(m, node > max_offset ? node - max_offset : 0);
+    for (; k < m->n; k++) {
+      uint32_t at = m->byval[k];
+      if (m->val[at] > node)
+        break;
+      if (n == LEVEL_MAX) {
+        *truncated = 1;
+        break;
+      }
+      if (n == cap) {
+        edge *grown = (edge *)realloc(e, (cap *= 2) * sizeof *e);
+        if (grown == NULL) {
+          free(e);
+          return 0;
+        }
+        e = grown;
+      }
+      e[n].from = m->addr[at];
+      e[n].parent = (uint32_t)i;
+      e[n].offset = (uint32_t)(node - m->val[at]);
+      n++;
+    }
+  }
+  qsort(e, n, sizeof *e, edge_cmp);
+  up->edges = e;
+  up->nodes = (uint64_t *)malloc((n ? n : 1) * sizeof *up->nodes);
+  up->first = (size_t *)malloc((n + 1) * sizeof *up->first);
+  if (up->nodes == NULL || up->first == NULL)
+    return 0;
+  for (i = 0, j = 0; i < n; i++) {
+    if (i == 0 || e[i].from != e[i - 1].from) {
+      up->nodes[j] = e[i].from;
+      up->first[j++] = i;
+    }
+  }
+  up->first[j] = n;
+  up->n = j;
+  return 1;
+}
+
+static void free_level(level *lv) {
+  free(lv->nodes);
+  free(lv->first);
+  free(lv->edges);
+}
+
+typedef struct scan {
+  lua_State *L;
+  ptrmap **maps;       /* maps[0] is the one scanned; the others check */
+  uint64_t *targets;   /* one per map */
+  uint64_t *bases;     /* bases[map * nmod + module], or UINT64_MAX if absent */
+  size_t nmaps, nmod;
+  level *levels;       /* levels[0] is the target */
+  uint32_t offsets[32];
+  size_t found, limit;
+  int result;          /* index of the result list on the Lua stack */
+} scan;
+
+/* Whether the chain (module, offset, offsets[0..depth)) reaches the target
+ * in every map but the first (where it does by construction). */
+static int holds(const scan *s, size_t mod, uint64_t modoff, int depth) {
+  size_t j;
+  for (j = 1; j < s->nmaps; j++) {
+    uint64_t a = s->bases[j * s->nmod + mod], v;
+    int d;
+    if (a == UINT64_MAX)
+      return 0;
+    a += modoff;
+    for (d = 0; d < depth; d++) {
+      if (!value_at(s->maps[j], a, &v))
+        return 0;
+      a = v + s->offsets[d];
+    }
+    if (a != s->targets[j])
+      return 0;
+  }
+  return 1;
+}
+
+static void emit(scan *s, size_t mod, uint64_t modoff, int depth) {
+  lua_State *L = s->L;
+  int d;
+  lua_createtable(L, depth + 2, 0);
+  lua_pushinteger(L, (lua_Integer)mod + 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushinteger(L, (lua_Integer)modoff);
+  lua_rawseti(L, -2, 2);
+  for (d = 0; d < depth; d++) {
+    lua_pushinteger(L, (lua_Integer)s->offsets[d]);
+    lua_rawseti(L, -2, d + 3);
+  }
+  lua_rawseti(L, s->result, (lua_Integer)++s->found);
+}
+
+/* Every path from node i of level k down to the target, offsets in order. */
+static void walk(scan *s, int k, size_t i, int depth, size_t mod, uint64_t modoff) {
+  const level *lv = &s->levels[k];
+  size_t e;
+  if (k == 0) {
+    if (holds(s, mod, modoff, depth))
+      emit(s, mod, modoff, depth);
+    return;
+  }
+  for (e = lv->first[i]; e < lv->first[i + 1] && s->found < s->limit; e++) {
+    s->offsets[depth - k] = lv->edges[e].offset;
+    walk(s, k - 1, lv->edges[e].parent, depth, mod, modoff);
+  }
+}
+
+/* core.ptrscan(maps, targets, statics, bases, depth, max_offset, limit)
+ *   -> { {module, offset, off1, ...}, ... }, truncated
+ * statics: {lo1, hi1, lo2, hi2, ...} per module of maps[1] (the static
+ * ranges; the module index is the pair's); bases: per map, a list of the
+ * module bases (false where the map has no such module). */
+static int core_ptrscan(lua_State *L) {
+  scan s;
+  size_t i, nstatic;
+  lua_Integer depth = luaL_checkinteger(L, 5);
+  lua_Integer max_offset = luaL_checkinteger(L, 6);
+  lua_Integer limit = luaL_checkinteger(L, 7);
+  int k, truncated = 0, ok = 1;
+  uint64_t *statics;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  luaL_argcheck(L, depth >= 1 && depth <= 16, 5, "depth must be 1 to 16");
+  luaL_argcheck(L, max_offset >= 0 && max_offset <= (lua_Integer)UINT32_MAX, 6,
+                "max_offset must be 0 to 0xFFFFFFFF");
+  luaL_argcheck(L, limit >= 0, 7, "limit must not be negative");
+  memset(&s, 0, sizeof s);
+  s.L = L;
+  s.limit = (size_t)limit;
+  s.nmaps = (size_t)luaL_len(L, 1);
+  luaL_argcheck(L, s.nmaps >= 1 && (size_t)luaL_len(L, 2) == s.nmaps &&
+                   (size_t)luaL_len(L, 4) == s.nmaps, 1, "one target and one base list per map");
+  nstatic = (size_t)luaL_len(L, 3) / 2;
+  s.nmod = nstatic;
+  s.maps = (ptrmap **)lua_newuserdatauv(L, s.nmaps * sizeof *s.maps, 0);
+  s.targets = (uint64_t *)lua_newuserdatauv(L, s.nmaps * sizeof *s.targets, 0);
+  s.bases = (uint64_t *)lua_newuserdatauv(L, (s.nmaps * s.nmod + 1) * sizeof *s.bases, 0);
+  statics = (uint64_t *)lua_newuserdatauv(L, (2 * nstatic + 1) * sizeof *statics, 0);
+  s.levels = (level *)lua_newuserdatauv(L, ((size_t)depth + 1) * sizeof *s.levels, 0);
+  memset(s.levels, 0, ((size_t)depth + 1) * sizeof *s.levels);
+  for (i = 0; i < s.nmaps; i++) {
+    size_t j;
+    lua_rawgeti(L, 1, (lua_Integer)i + 1);
+    s.maps[i] = check_finished(L, -1);
+    lua_pop(L, 1);
+    luaL_argcheck(L, s.maps[i]->bits == s.maps[0]->bits, 1,
+                  "the maps are of processes of different pointer sizes");
+    lua_rawgeti(L, 2, (lua_Integer)i + 1);
+    s.targets[i] = (uint64_t)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    lua_rawgeti(L, 4, (lua_Integer)i + 1);
+    luaL_checktype(L, -1, LUA_TTABLE);
+    for (j = 0; j < s.nmod; j++) {
+      lua_rawgeti(L, -1, (lua_Integer)j + 1);
+      s.bases[i * s.nmod + j] = lua_isinteger(L, -1) ? (uint64_t)lua_tointeger(L, -1) : UINT64_MAX;
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  for (i = 0; i < 2 * nstatic; i++) {
+    lua_rawgeti(L, 3, (lua_Integer)i + 1);
+    statics[i] = (uint64_t)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_newtable(L);
+  s.result = lua_gettop(L);
+  /* level 0: the target alone */
+  s.levels[0].nodes = (uint64_t *)malloc(sizeof(uint64_t));
+  s.levels[0].first = (size_t *)calloc(2, sizeof(size_t));
+  s.levels[0].n = 1;
+  if (s.levels[0].nodes == NULL || s.levels[0].first == NULL)
+    ok = 0;
+  else
+    s.levels[0].nodes[0] = s.targets[0];
+  for (k = 0; ok && k < depth && !truncated; k++) {
+    if (s.levels[k].n == 0)
+      break;
+    ok = next_level(s.maps[0], &s.levels[k], (uint64_t)max_offset, &s.levels[k + 1], &truncated);
+  }
+  /* chains, shortest first; by module (the caller sorted them), by offset */
+  for (k = 1; ok && k <= depth && s.found < s.limit; k++) {
+    size_t mod;
+    for (mod = 0; mod < nstatic && s.found < s.limit; mod++) {
+      const level *lv = &s.levels[k];
+      uint64_t lo = statics[2 * mod], hi = statics[2 * mod + 1];
+      size_t a = 0, b = lv->n;
+      while (a < b) { /* the first node at or above lo */
+        size_t mid = a + (b - a) / 2;
+        if (lv->nodes[mid] < lo)
+          a = mid + 1;
+        else
+          b = mid;
+      }
+      for (; a < lv->n && lv->nodes[a] < hi && s.found < s.limit; a++)
+        walk(&s, k, a, k, mod, lv->nodes[a] - lo);
+    }
+  }
+  for (k = 0; k <= depth; k++)
+    free_level(&s.levels[k]);
+  if (!ok)
+    return luaL_error(L, "not enough memory for the pointer scan");
+  lua_pushvalue(L, s.result);
+  lua_pushboolean(L, truncated);
+  return 2;
+}
+
+static const luaL_Reg map_methods[] = {
+  {"target", map_target},
+  {"finish", map_finish},
+  {"count", map_count},
+  {"bits", map_bits},
+  {"value_at", map_value_at},
+  {"save", map_save},
+  {"close", map_close},
+  {NULL, NULL}
+};
+
+void rm_ptrmap_open(lua_State *L) {
+  luaL_newmetatable(L, MAP_META);
+  lua_pushcfunction(L, map_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, map_close);
+  lua_setfield(L, -2, "__close");
+  luaL_newlibtable(L, map_methods);
+  luaL_setfuncs(L, map_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, map_new);
+  lua_setfield(L, -2, "ptrmap");
+  lua_pushcfunction(L, map_load);
+  lua_setfield(L, -2, "ptrmap_load");
+  lua_pushcfunction(L, core_ptrscan);
+  lua_setfield(L, -2, "ptrscan");
+}
