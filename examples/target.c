@@ -119,7 +119,7 @@ void *volatile chain_root, *volatile decoy_root;
 static int build_chain(void) {
   volatile unsigned lo = 0x00C0FFEEu, hi = 0x5EED5EEDu; /* never whole in the code */
   unsigned long long value = (unsigned long long)hi << 32 | lo;
-  char *a, *b, *decoy;
+  char *a, *b, *decoy, *near_b;
   int i, n;
   srand((unsigned)getpid() ^ (unsigned)time(NULL));
   n = 1 + rand() % 64;
@@ -136,10 +136,12 @@ static int build_chain(void) {
     return 0;
   memcpy(a + 0x48, &b, sizeof b);
   memcpy(b + 0x10, &value, sizeof value);
+  near_b = b - 8 * (1 + rand() % 256);
   memcpy(decoy + 0x8, &b, sizeof b);     /* reaches B, but from no static */
+  memcpy(decoy + 0x10, &near_b, sizeof near_b); /* a chain that holds in one run */
   memcpy(decoy + 0x20, &decoy, sizeof decoy);
   chain_root = a;
-  decoy_root = decoy + 0x80;           /* static, but its chains miss the value */
+  decoy_root = decoy;
   return 1;
 }
 
