@@ -117,8 +117,6 @@ void *volatile chain_root, *volatile decoy_root;
 /* Heap blocks at addresses that differ from run to run: a random number of
  * random-sized blocks first, the chain's among decoys that point near it. */
 static int build_chain(void) {
-  volatile unsigned lo = 0x00C0FFEEu, hi = 0x5EED5EEDu; /* never whole in the code */
-  unsigned long long value = (unsigned long long)hi << 32 | lo;
   char *a, *b, *decoy, *near_b;
   int i, n;
   srand((unsigned)getpid() ^ (unsigned)time(NULL));
@@ -135,7 +133,9 @@ static int build_chain(void) {
   if (a == NULL || b == NULL || decoy == NULL)
     return 0;
   memcpy(a + 0x48, &b, sizeof b);
-  memcpy(b + 0x10, &value, sizeof value);
+  /* two halves, so that the value is in neither the code nor the stack */
+  ((volatile unsigned *)(b + 0x10))[0] = 0x00C0FFEEu;
+  ((volatile unsigned *)(b + 0x10))[1] = 0x5EED5EEDu;
   near_b = b - 8 * (1 + rand() % 256);
   memcpy(decoy + 0x8, &b, sizeof b);     /* reaches B, but from no static */
   memcpy(decoy + 0x10, &near_b, sizeof near_b); /* a chain that holds in one run */

@@ -16,12 +16,10 @@ end
 local function chain_target()
   local t = helpers.start_target { chain = true }
   local p = rmem.open(t.pid)
-  -- the value lives in the heap; build_chain's stack may hold a stale copy
-  local value
-  for _, a in ipairs(p:scan_all(MAGIC)) do
-    if not value or a < value then value = a end
-  end
-  assert(value, "the target's value was not found")
+  local hits = p:scan_all(MAGIC)
+  assert(#hits == 1, ("the target's value was found %d times"):format(#hits))
+  local value = hits[1]
+  assert(p:query(value).type == "private")
   return t, p, value
 end
 
