@@ -69,6 +69,27 @@ describe("examples for tools", function()
   end)
 end)
 
+describe("examples for tracing back", function()
+  it("pointer_scan.lua keeps the chains that hold after a restart", function()
+    local t1, t2 = helpers.start_target { chain = true }, helpers.start_target { chain = true }
+    local out = run_example("pointer_scan.lua", tostring(t1.pid), tostring(t2.pid))
+    t1:stop()
+    t2:stop()
+    assert.matches("run 1: the value is at 0x%x+; rmem.PointerMap of", out)
+    local n = tonumber(out:match("(%d+) chains hold in both runs"))
+    assert.is_true(n >= 1)
+    -- the chain the target built is among them, and reads the value in run 2
+    assert.matches("\n  " .. helpers.target_name:gsub("%p", "%%%0")
+      .. "%+0x%x+ %-> 0x48 %-> 0x10  => 0x%x+ = 0x5EED5EED00C0FFEE", out)
+    local shown = 0
+    for line in out:gmatch("  [^\n]+ => 0x%x+ = (0x%x+)") do
+      assert.equal("0x5EED5EED00C0FFEE", line)
+      shown = shown + 1
+    end
+    assert.equal(math.min(n, 5), shown)
+  end)
+end)
+
 describe("examples for modding", function()
   it("code_cave.lua makes tick() add 100 through a cave, then puts it back", function()
     local t = helpers.start_target { tick = true }
