@@ -76,10 +76,10 @@ local function handle(p, op, address)
   return h
 end
 
-local function wrap(h)
+local function wrap(h, access)
   return setmetatable({
     pid = h:pid(), name = h:name(), bits = h:bits(),
-    _h = h,
+    _h = h, _access = access, -- the PROCESS_* mask it was opened with
     _regions = setmetatable({}, { __mode = "v" }), -- live Region objects by base address
   }, Process)
 end
@@ -122,12 +122,12 @@ function Process.open(target, opts)
   end
   local h, msg, code = core.open(pid, mask)
   if not h then error(Error.from_os("open", msg, code, { pid = pid }), 0) end
-  return wrap(h)
+  return wrap(h, mask)
 end
 
 --- The current process.
 function Process.self()
-  return wrap(assert(core.self()))
+  return wrap(assert(core.self()), F.PROCESS_ALL_ACCESS)
 end
 
 --- The running processes: a list of { pid, name, parent_pid }.
@@ -467,20 +467,44 @@ local function write_raw(p, h, a, bytes)
   end
 end
 
+--- Puts back the protection of the pages a forced write changed, last
+-- first; returns the first failure (msg, code, address, size), if any.
+local function restore(h, changed)
+  local failed
+  for i = #changed, 1, -1 do
+    local c = changed[i]
+    local old, msg, code = h:protect(c[1], c[2], c[3])
+    if not old and not failed then failed = { msg, code, c[1], c[2] } end
+  end
+  if failed then return table.unpack(failed) end
+end
+
+-- A forced write whose handle may change protections, failing to make
+-- pages writable: the pages are the reason, not the handle's rights
+-- (Linux says EACCES, Wine ERROR_INVALID_PARAMETER).
+local CANNOT_UNPROTECT = "these pages cannot be made writable (a read-only view of a file or "
+  .. "section is one kind): nothing was written, and the pages made writable before were "
+  .. "restored; p:query(addr) shows them"
+
 --- Makes every committed, non-writable page of [a, a + n) writable and
--- returns the list of { address, size, old protection } to restore.
+-- returns the list of { address, size, old protection } to restore. A
+-- failure midway restores the pages already changed before it raises.
 local function unprotect(p, h, a, n)
   local changed, stop = {}, a + n
   while a < stop do
     local raw, msg, code = h:query(a)
-    if not raw then fail(p, "write", msg, code, a, n) end
-    local piece = math.min(raw.base + raw.size, stop) - a
-    local wp = raw.state == F.MEM_COMMIT and protect.for_write(raw.protect)
+    local piece = raw and math.min(raw.base + raw.size, stop) - a
+    local wp = raw and raw.state == F.MEM_COMMIT and protect.for_write(raw.protect)
     if wp then
       local old
       old, msg, code = h:protect(a, piece, wp)
-      if not old then fail(p, "write", msg, code, a, piece) end
-      changed[#changed + 1] = { a, piece, old }
+      if old then changed[#changed + 1] = { a, piece, old } end
+    end
+    if msg then
+      restore(h, changed)
+      local pages_refused = raw and p._access & F.PROCESS_VM_OPERATION ~= 0
+        and core.error_name(code) ~= "EPERM" -- (ptrace refused: refine_hint says why)
+      fail(p, "write", msg, code, a, piece or n, { hint = pages_refused and CANNOT_UNPROTECT or nil })
     end
     a = a + piece
   end
@@ -512,12 +536,9 @@ function Process:write(address, bytes, opts)
   end
   local changed = unprotect(self, h, a, #bytes)
   local ok, err = pcall(write_raw, self, h, a, bytes)
-  for i = #changed, 1, -1 do
-    local c = changed[i]
-    local old, msg, code = h:protect(c[1], c[2], c[3])
-    if not old and ok then fail(self, "write", msg, code, c[1], c[2]) end
-  end
+  local msg, code, ra, rn = restore(h, changed)
   if not ok then error(err, 0) end
+  if msg then fail(self, "write", msg, code, ra, rn) end
   return #bytes
 end
 

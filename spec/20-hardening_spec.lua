@@ -1,0 +1,104 @@
+-- Hardening (issue 10): half-done forced writes, address 0, overflow in
+-- pointer chains, non-overlapping scans across chunk borders, errors that
+-- must be rmem errors, and a handle count that can fail under Wine.
+local rmem = require "rmem"
+local helpers = require "spec.helpers"
+
+local PAGE, GRAN = rmem.page_size, rmem.granularity
+local ACCESS = { access = helpers.windows and "all" or "write" }
+
+--- Maps a read-only view of a file (Linux: a shared mapping of a file opened
+-- read-only; Windows: a view of a read-only section) at address in the
+-- target, which no protect can make writable; returns the function that
+-- unmaps it.
+local function map_readonly(p, address, size)
+  if helpers.windows then
+    local k = p:module("kernel32.dll")
+    local section = p:call_with(p:proc_address(k, "CreateFileMappingW"),
+      { -1, 0, 0x02 --[[PAGE_READONLY]], 0, size, 0 })
+    assert.is_true(section ~= 0, "CreateFileMappingW failed")
+    local view = p:call_with(p:proc_address(k, "MapViewOfFileEx"),
+      { section, 0x04 --[[FILE_MAP_READ]], 0, 0, size, address })
+    p:call_with(p:proc_address(k, "CloseHandle"), { section })
+    assert.equal(address, view)
+    return function() p:call_with(p:proc_address(k, "UnmapViewOfFile"), { view }) end
+  end
+  local libc = p:module("libc.so.6")
+  local fd = p:call_with(p:proc_address(libc, "open"), { helpers.target_path, 0 --[[O_RDONLY]] })
+  assert.is_true(fd >= 0, "open failed")
+  local MAP_SHARED, MAP_FIXED_NOREPLACE = 0x01, 0x100000
+  local view = p:call_with(p:proc_address(libc, "mmap"),
+    { address, size, 1 --[[PROT_READ]], MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0 })
+  p:call_with(p:proc_address(libc, "close"), { fd })
+  assert.equal(address, view)
+  return function() p:call_with(p:proc_address(libc, "munmap"), { view, size }) end
+end
+
+--- A granule in the middle of the target's largest free region.
+local function middle_of_free(p)
+  local best
+  for info in p:regions { state = "free" } do
+    if not best or info.size > best.size then best = info end
+  end
+  return (best.base + best.size // 2) // GRAN * GRAN
+end
+
+describe("a forced write that cannot unprotect every page (#3)", function()
+  local t, p
+  setup(function()
+    t = helpers.start_target()
+    p = rmem.open(t.pid, ACCESS)
+  end)
+  teardown(function()
+    p:close()
+    t:stop()
+  end)
+
+  it("restores the pages it changed before raising, and writes nothing", function()
+    -- a read-only page of ours, then a read-only file view right after it,
+    -- in the middle of the largest free space, where the scratch memory of
+    -- the calls that map the view does not go
+    local r <close> = p:alloc(GRAN, { address = middle_of_free(p) })
+    local base = r.address
+    r:write(GRAN - 4, "KEEP")
+    r:protect("r")
+    local unmap = map_readonly(p, base + GRAN, GRAN)
+    finally(unmap)
+    local view_before = p:read(base + GRAN, 4)
+    assert.are_not.equal("private", p:query(base + GRAN).type)
+
+    local e = helpers.error_of(p.write, p, base + GRAN - 4, "CLOBBER!", { force = true })
+    assert.is_true(rmem.is_error(e), tostring(e))
+    assert.equal("write", e.op)
+    assert.equal(base + GRAN, e.address)
+    assert.equal("r", p:query(base + GRAN - PAGE).protect)
+    assert.equal("r", p:query(base + GRAN).protect)
+    assert.equal("KEEP", p:read(base + GRAN - 4, 4))
+    assert.equal(view_before, p:read(base + GRAN, 4))
+    -- the handle has every right it needs: the hint must not blame it
+    assert.is_nil(tostring(e):find("access = \"read\"", 1, true), tostring(e))
+    assert.matches("cannot be made writable", e.hint)
+  end)
+
+  it("still blames a handle opened for reading", function()
+    local r <close> = p:alloc(PAGE, { protect = "r" })
+    local q <close> = rmem.open(t.pid, { access = "read" })
+    local e = helpers.error_of(q.write, q, r.address, "x", { force = true })
+    assert.equal(helpers.name("ERROR_ACCESS_DENIED"), e.name)
+    assert.matches("access = \"read\"", e.hint, 1, true)
+    assert.equal("\0", p:read(r.address, 1))
+  end)
+end)
+
+describe("the host's handle count (#15)", function()
+  it("counts handles (under Wine too) and sees one left open on purpose", function()
+    local t = helpers.start_target()
+    finally(function() t:stop() end)
+    local before = helpers.handle_count()
+    assert.is_true(before > 0)
+    local leaked = rmem.open(t.pid)
+    assert.is_true(helpers.handle_count() > before, "an open process handle is not counted")
+    leaked:close()
+    assert.equal(before, helpers.handle_count())
+  end)
+end)
