@@ -102,3 +102,49 @@ describe("the host's handle count (#15)", function()
     assert.equal(before, helpers.handle_count())
   end)
 end)
+
+describe("alloc at address 0 (#6)", function()
+  local t, p
+  setup(function()
+    t = helpers.start_target()
+    p = rmem.open(t.pid)
+  end)
+  teardown(function()
+    p:close()
+    t:stop()
+  end)
+
+  it("p:alloc(n, { address = 0 }) lets the system choose, as VirtualAllocEx's NULL", function()
+    local r <close> = p:alloc(PAGE + 1, { address = 0 })
+    assert.is_true(r.address >= 0x10000)
+    assert.equal(2 * PAGE, r.size)
+    assert.same({ "commit", "commit" }, helpers.page_states(p, r.address, r.size))
+    r:write(PAGE, "ok")
+    assert.equal("ok", p:read(r.address + PAGE, 2))
+  end)
+
+  it("near = 0 stays within the reach asked for, or says there is no space", function()
+    local reach = 1 << 20
+    local ok, r = pcall(p.alloc, p, PAGE, { near = 0, max_distance = reach })
+    if ok then
+      assert.is_true(r.address > 0 and r.address + r.size <= reach, tostring(r))
+      assert.equal(PAGE, r.size)
+      assert.equal("commit", p:query(r.address).state)
+      r:free()
+    else
+      assert.equal("NO_SPACE_NEAR", r.name, tostring(r))
+    end
+  end)
+
+  it("a reach past the end of the address space is the whole space", function()
+    local r <close> = p:alloc(PAGE, { near = math.maxinteger, max_distance = math.maxinteger })
+    assert.equal(PAGE, r.size)
+    assert.equal("commit", p:query(r.address).state)
+  end)
+
+  it("a size no address space holds has no space near anything", function()
+    local anchor <close> = p:alloc(PAGE)
+    local e = helpers.error_of(p.alloc, p, math.maxinteger, { near = anchor.address })
+    assert.equal("NO_SPACE_NEAR", e.name)
+  end)
+end)

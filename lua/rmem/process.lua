@@ -181,11 +181,18 @@ end
 local ALLOC_OPTS = { protect = true, commit = true, address = true, top_down = true,
   large_pages = true, write_watch = true, near = true, max_distance = true }
 
+-- The lowest base bases_near offers: the first 64 KiB are never given out
+-- (Windows; Linux's default mmap_min_addr), and 0 would mean "anywhere".
+local LOWEST_NEAR = math.max(core.granularity, 0x10000)
+
 --- Bases for n bytes within max_distance of near (both ends of the
 -- allocation in reach), in free regions, closest first.
 local function bases_near(p, near, n, max_distance)
-  local gran, list = core.granularity, {}
-  local lo, hi = math.max(0, near - max_distance), near + max_distance
+  local gran, list, user_end = core.granularity, {}, core.user_end
+  if n > user_end then return list end
+  n = page_up(n)
+  local lo = math.max(LOWEST_NEAR, near - max_distance)
+  local hi = max_distance < user_end - near and near + max_distance or user_end -- (no overflow)
   for info in p:regions { state = "free" } do
     local b, e = math.max(info.base, lo), math.min(info.base + info.size, hi)
     -- the granule-aligned base in [b, e - n] closest to near
@@ -219,7 +226,7 @@ function Process:alloc(size, opts)
     for k, v in pairs(opts) do
       if k ~= "near" and k ~= "max_distance" then rest[k] = v end
     end
-    for _, base in ipairs(bases_near(self, near, page_up(n), reach)) do
+    for _, base in ipairs(bases_near(self, near, n, reach)) do
       rest.address = base
       local ok, r = pcall(self.alloc, self, n, rest)
       if ok then return r end
@@ -232,7 +239,8 @@ function Process:alloc(size, opts)
       message = ("no free space for %d bytes within 0x%x bytes of 0x%x."):format(n, reach, near),
       hint = "free memory near the address, or allow a larger max_distance" }, 0)
   end
-  local want = opts.address and check.address(opts.address, 2, "alloc") -- nil: the OS chooses
+  local want = opts.address and check.address(opts.address, 2, "alloc")
+  if want == 0 then want = nil end -- nil or 0: the OS chooses, as VirtualAllocEx's NULL
   local _, n = check.range(want or 0, size, 0, "alloc")
   local prot = protect.value(opts.protect or "rw", 2, "alloc")
   local type = F.MEM_RESERVE
