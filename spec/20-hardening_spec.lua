@@ -148,3 +148,69 @@ describe("alloc at address 0 (#6)", function()
     assert.equal("NO_SPACE_NEAR", e.name)
   end)
 end)
+
+describe("p:resolve() overflow (#8)", function()
+  local t, p, r
+  setup(function()
+    t = helpers.start_target()
+    p = rmem.open(t.pid)
+    r = p:alloc(PAGE)
+    r:write_ptr(0, r.address + 16) -- a chain inside the page
+    r:write_ptr(16, r.address + 32)
+  end)
+  teardown(function()
+    p:close()
+    t:stop()
+  end)
+
+  local function overflow_at(step, ...)
+    local e = helpers.error_of(p.resolve, p, ...)
+    assert.is_true(rmem.is_error(e), tostring(e))
+    assert.equal("resolve", e.op)
+    assert.equal("ADDRESS_OVERFLOW", e.name)
+    assert.equal(step, e.step)
+    assert.matches("step " .. step, tostring(e), 1, true)
+    return e
+  end
+
+  it("an offset that carries past the largest address names the step", function()
+    overflow_at(1, r.address, math.maxinteger, 0)
+    overflow_at(2, r.address, 0, math.maxinteger)
+    overflow_at(1, r.address, math.maxinteger)
+  end)
+
+  it("below address 0 too", function()
+    overflow_at(1, r.address, -(r.address + 17))
+    assert.equal(0, p:resolve(r.address, -(r.address + 16)))
+  end)
+
+  it("a pointer that is not an address (top bit set) is caught at its step", function()
+    r:write_u64(8, -16) -- 0xFFFFFFFFFFFFFFF0
+    local e = overflow_at(1, r.address + 8, 0)
+    assert.equal(-16, e.address)
+  end)
+
+  it("a pointer read that would run past the end of the address space", function()
+    local e = overflow_at(2, r.address, math.maxinteger - r.address - 16 - 3, 0)
+    assert.equal(math.maxinteger - 3, e.address)
+  end)
+
+  helpers.linux_it("a 32-bit target's chain ends at 4 GiB", function()
+    local t32 = helpers.start_target { bits = 32 }
+    finally(function() t32:stop() end)
+    local q <close> = rmem.open(t32.pid)
+    local r32 <close> = q:alloc(PAGE)
+    r32:write_ptr(0, 0xFFFFFFF0)
+    local e = helpers.error_of(q.resolve, q, r32.address, 0x10)
+    assert.equal("ADDRESS_OVERFLOW", e.name)
+    assert.equal(1, e.step)
+    assert.equal(0xFFFFFFFF, q:resolve(r32.address, 0xF))
+  end)
+
+  it("the module form", function()
+    local e = helpers.error_of(p.resolve, p, helpers.target_name .. "-0x7fffffffffffffff")
+    assert.equal("ADDRESS_OVERFLOW", e.name)
+    assert.equal(0, e.step)
+    assert.matches("the base", e.message, 1, true)
+  end)
+end)

@@ -35,6 +35,27 @@ function tools.hex(n, width)
   return ("0x%X"):format(n)
 end
 
+--- The error for a pointer chain that leaves the address space at `step`
+-- (0: the base expression).
+local function overflow(p, step, what, address)
+  error(Error.new { op = "resolve", name = "ADDRESS_OVERFLOW", pid = p.pid, address = address,
+    step = step, message = ("%s: %s leaves the address space."):format(
+      step == 0 and "the base" or "step " .. step, what),
+    hint = "an offset or a pointer in the chain is wrong: p:hexdump(addr, 64) shows the "
+      .. "memory a step reads" }, 0)
+end
+
+--- base + off, which must stay in [0, 2^bits) (Lua's integers end at 2^63 - 1).
+local function offset_address(p, base, off, step)
+  local top = p.bits == 32 and 0xFFFFFFFF or math.maxinteger
+  if base < 0 or base > top or (off > 0 and base > top - off) or (off < 0 and base + off < 0) then
+    -- (a pointer with the top bit set reads as a negative integer)
+    overflow(p, step, ("0x%x %s 0x%x"):format(base, off < 0 and "-" or "+",
+      off < 0 and -off or off), base)
+  end
+  return base + off
+end
+
 --- The address that "module+0xOFFSET" (or "module", or "module+123") names.
 local function module_address(p, expr)
   local name, sign, off = expr:match("^%s*(.-)%s*([+-])%s*(%w+)%s*$")
@@ -54,7 +75,7 @@ local function module_address(p, expr)
       message = ("no module named '%s' in the process."):format(name),
       hint = "p:modules() lists the modules and their names" }, 0)
   end
-  return m.base + offset
+  return offset_address(p, m.base, offset, 0)
 end
 
 --- Follows a pointer chain: reads a pointer at base, adds the first offset,
@@ -82,8 +103,12 @@ local function resolve(p, base, ...)
   end
   local address = type(base) == "string" and module_address(p, base)
     or check.address(base, 1, "resolve")
+  local width = p.bits // 8
   for i = 1, offsets.n do
     local off = check.integer(offsets[i], i + 1, "resolve", "offset")
+    if address > math.maxinteger - width then
+      overflow(p, i, ("the pointer at 0x%x"):format(address), address)
+    end
     local ok, ptr = pcall(p.read_ptr, p, address)
     if not ok then
       local e = ptr
@@ -93,7 +118,7 @@ local function resolve(p, base, ...)
         message = ("step %d: cannot read the pointer at 0x%x: %s"):format(i, address, e.message),
         hint = e.hint }, 0)
     end
-    address = ptr + off
+    address = offset_address(p, ptr, off, i)
   end
   return address
 end
