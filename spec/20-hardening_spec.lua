@@ -214,3 +214,58 @@ describe("p:resolve() overflow (#8)", function()
     assert.matches("the base", e.message, 1, true)
   end)
 end)
+
+describe("non-overlapping scans across chunk borders (#10)", function()
+  local t, p, r
+  local SIZE = 3 << 20
+  setup(function()
+    t = helpers.start_target()
+    p = rmem.open(t.pid)
+    r = p:alloc(SIZE)
+    r:write(0, ("\xAB"):rep(SIZE))
+  end)
+  teardown(function()
+    p:close()
+    t:stop()
+  end)
+
+  it("finds every match of a 3 MiB run, each where one long scan would", function()
+    local hits = p:scan_all("AB AB AB", { overlapping = false, from = r.address, to = r.address + SIZE })
+    assert.equal(SIZE // 3, #hits)
+    for i = 1, #hits do
+      if hits[i] ~= r.address + 3 * (i - 1) then
+        error(("match %d at +0x%x, expected +0x%x"):format(i, hits[i] - r.address, 3 * (i - 1)))
+      end
+    end
+  end)
+
+  it("with a limit and an alignment too", function()
+    local hits = p:scan_all("AB AB AB AB AB", { overlapping = false, from = r.address,
+      to = r.address + SIZE, align = 2, limit = 300000 })
+    -- each next even start at or after the last match's end: every 6 bytes
+    assert.equal(300000, #hits)
+    for i = 1, #hits do
+      if hits[i] ~= r.address + 6 * (i - 1) then
+        error(("match %d at +0x%x, expected +0x%x"):format(i, hits[i] - r.address, 6 * (i - 1)))
+      end
+    end
+  end)
+end)
+
+describe("errors that reach the user are rmem's (#13)", function()
+  local t, p
+  setup(function()
+    t = helpers.start_target()
+    p = rmem.open(t.pid)
+  end)
+  teardown(function()
+    p:close()
+    t:stop()
+  end)
+
+  it("a pattern longer than a scan reads at a time is an argument error of scan", function()
+    local long = { bytes = ("\0"):rep((1 << 20) + 2), mask = ("x"):rep((1 << 20) + 2) }
+    local e = helpers.error_of(p.scan_all, p, long)
+    assert.matches("^.-bad argument #1 to 'scan' %(the pattern is 1048578 bytes long", e)
+  end)
+end)
