@@ -268,4 +268,36 @@ describe("errors that reach the user are rmem's (#13)", function()
     local e = helpers.error_of(p.scan_all, p, long)
     assert.matches("^.-bad argument #1 to 'scan' %(the pattern is 1048578 bytes long", e)
   end)
+
+  it("p:unpack with an integer wider than Lua's is an argument error of unpack", function()
+    local r <close> = p:alloc(PAGE)
+    r:write(0, ("\x7F"):rep(16))
+    local e = helpers.error_of(p.unpack, p, r.address, "<i16")
+    assert.matches("^.-bad argument #2 to 'unpack' %(format '<i16' at 0x%x+: 16%-byte integer", e)
+    e = helpers.error_of(r.unpack, r, 0, "<i16")
+    assert.matches("bad argument #2 to 'unpack'", e, 1, true)
+    r:write(0, ("\xFF"):rep(16)) -- -1 fits
+    assert.equal(-1, p:unpack(r.address, "<i16"))
+    assert.equal(1, select("#", p:unpack(r.address, "<i16")))
+  end)
+
+  it("a process object a finalizer keeps says it is closed, and raises PROCESS_CLOSED", function()
+    local kept
+    -- older than the process object: finalized after it and its core handle
+    local keeper = setmetatable({}, { __gc = function(o) kept = o.p end })
+    keeper.p = rmem.open(t.pid)
+    keeper = nil -- luacheck: ignore 311 (dropped for the collector)
+    collectgarbage()
+    collectgarbage()
+    assert.is_not_nil(kept)
+    assert.is_true(kept:is_closed())
+    assert.matches("closed", tostring(kept))
+    for _, call in ipairs { { "read", 0x10000, 1 }, { "is_alive" }, { "query", 0x10000 } } do
+      local e = helpers.error_of(kept[call[1]], kept, table.unpack(call, 2))
+      assert.is_true(rmem.is_error(e), tostring(e))
+      assert.equal("PROCESS_CLOSED", e.name)
+      assert.matches("finalizer", e.hint)
+    end
+    kept:close() -- still fine
+  end)
 end)

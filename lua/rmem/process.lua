@@ -71,7 +71,9 @@ local function handle(p, op, address)
   local h = p._h
   if h == nil then
     error(Error.new { op = op, name = "PROCESS_CLOSED", pid = p.pid, address = address,
-      message = "the process handle is closed." }, 0)
+      message = "the process handle is closed.", hint = p._collected and "the collector "
+        .. "closed it, and a finalizer kept the process object: open the process again "
+        .. "with rmem.open" or nil }, 0)
   end
   return h
 end
@@ -145,6 +147,14 @@ function Process:close()
   end
 end
 Process.__close = Process.close
+
+-- The collector finalizes the core handle with this object. A finalizer
+-- may keep the object (resurrect it): it must then say that it is closed,
+-- and raise PROCESS_CLOSED, not the core's plain error. (Finalizers run
+-- newest first: this one before the handle's, which closes it.)
+function Process:__gc()
+  self._h, self._collected = nil, true
+end
 
 function Process:is_closed()
   return self._h == nil
