@@ -301,3 +301,46 @@ describe("errors that reach the user are rmem's (#13)", function()
     kept:close() -- still fine
   end)
 end)
+
+describe("addresses, sizes and tables from the user in the Lua layer (#9)", function()
+  local t, p
+  setup(function()
+    t = helpers.start_target()
+    p = rmem.open(t.pid, ACCESS)
+  end)
+  teardown(function()
+    p:close()
+    t:stop()
+  end)
+
+  it("a module table needs the fields its method uses", function()
+    local m = p:module(helpers.target_name)
+    assert.has_error(function() p:scan_all("90", { module = { base = m.base } }) end,
+      "bad argument #2 to 'scan' (a module table needs an integer base and size, as p:module() gives)")
+    assert.has_error(function() p:scan_all("90", { module = { base = math.maxinteger, size = 2 } }) end,
+      "bad argument #2 to 'scan' (a module table needs an integer base and size, as p:module() gives)")
+    assert.has_error(function() p:proc_address({ name = "x" }, "f") end,
+      "bad argument #1 to 'proc_address' (a module table needs an integer base"
+        .. (helpers.linux and " and path" or "") .. ", as p:module() gives)")
+    assert.is_table(p:scan_all("90", { module = { base = m.base, size = 0 } }))
+  end)
+
+  helpers.linux_it("an ELF file cut short is an rmem.Error of proc_address", function()
+    local path = os.tmpname()
+    finally(function() os.remove(path) end)
+    local f = assert(io.open(path, "wb"))
+    f:write("\x7FELF\2\1\1", ("\0"):rep(20))
+    f:close()
+    local m = p:module(helpers.target_name)
+    local e = helpers.error_of(p.proc_address, p, { base = m.base, size = m.size, path = path }, "f")
+    assert.is_true(rmem.is_error(e), tostring(e))
+    assert.equal("NOT_ELF", e.name)
+    assert.matches(path, e.message, 1, true)
+  end)
+
+  it("rmem.hex refuses a width string.format cannot print", function()
+    assert.equal("0x" .. ("0"):rep(97) .. "1F", rmem.hex(0x1F, 99))
+    assert.has_error(function() rmem.hex(1, 100) end, "bad argument #2 to 'hex' (width must be 0 to 99, got 100)")
+    assert.has_error(function() rmem.hex(1, -5) end, "bad argument #2 to 'hex' (width must be 0 to 99, got -5)")
+  end)
+end)

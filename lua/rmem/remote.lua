@@ -200,13 +200,8 @@ local tools = require "rmem.tools"
 local read_file, module_of = tools.read_file, tools.module_of
 
 --- An ELF object's dynamic symbol (the default version when there are
--- several), from the file on disk, relocated to where it is mapped.
-local function elf_export(p, m, name)
-  local elf = read_file(m.path) or read_file(("/proc/%d/root%s"):format(p.pid, m.path))
-  if not elf or elf:sub(1, 4) ~= "\x7FELF" then
-    error(Error.new { op = "proc_address", name = "NOT_ELF", pid = p.pid, address = m.base,
-      message = ("cannot read the ELF file %s."):format(m.path) }, 0)
-  end
+-- several), from the file's bytes, relocated to where it is mapped.
+local function elf_symbol(p, m, elf, name)
   local is64 = elf:byte(5) == 2
   local A = is64 and "I8" or "I4"
   local phoff, shoff, phentsize, phnum, shentsize, shnum
@@ -265,10 +260,23 @@ local function elf_export(p, m, name)
   return found
 end
 
+--- elf_symbol from the file on disk; a file that is not a whole ELF
+-- object (truncated, or changed since it was mapped) is an rmem.Error.
+local function elf_export(p, m, name)
+  local elf = read_file(m.path) or read_file(("/proc/%d/root%s"):format(p.pid, m.path))
+  local ok, found = false, elf and "not an ELF file" or "it cannot be opened"
+  if elf and elf:sub(1, 4) == "\x7FELF" then ok, found = pcall(elf_symbol, p, m, elf, name) end
+  if ok then return found end
+  if Error.is_error(found) then error(found, 0) end
+  error(Error.new { op = "proc_address", name = "NOT_ELF", pid = p.pid, address = m.base,
+    message = ("cannot read the ELF file %s (%s)."):format(m.path,
+      (tostring(found):gsub("^.-:%d+: ", ""))) }, 0)
+end
+
 --- p:proc_address(module, name) -> the address of an exported function or
 -- variable in the target, or nil; module is a name or a module table.
 local function proc_address(p, module, name)
-  local m = module_of(p, module, 1, "proc_address")
+  local m = module_of(p, module, 1, "proc_address", not windows and "path" or nil)
   if type(name) ~= "string" and not (windows and math.type(name) == "integer") then
     check.argerror(2, "proc_address", "name must be a string, got " .. type(name))
   end
@@ -344,7 +352,7 @@ end
 --- p:unload_library(module): FreeLibrary / dlclose once for a module that
 -- load_library (or anything else) loaded; module is a name or module table.
 local function unload_library(p, module, opts)
-  local m = module_of(p, module, 1, "unload_library")
+  local m = module_of(p, module, 1, "unload_library", not windows and "path" or nil)
   local timeout = timeout_of(opts, 2, "unload_library")
   local load, free, last_error = loader(p, "unload_library")
   if windows then

@@ -87,7 +87,7 @@ local SCAN_OPTS = { module = true, from = true, to = true, protect = true, limit
 local function bounds(p, opts)
   local from, to = 0, core.user_end
   if opts.module ~= nil then
-    local m = tools.module_of(p, opts.module, 2, "scan")
+    local m = tools.module_of(p, opts.module, 2, "scan", "size")
     from, to = m.base, m.base + m.size
   end
   if opts.from ~= nil then from = math.max(from, check.address(opts.from, 2, "scan")) end

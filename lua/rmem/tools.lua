@@ -14,10 +14,24 @@ function tools.read_file(path)
   return s
 end
 
---- The module argument n of fname: a module table, or the name of one
+--- The module argument n of fname: a module table (an integer base, and
+-- the field `needs` names if any: "size" or "path"), or the name of one
 -- (an argument error if the process has none by that name).
-function tools.module_of(p, m, n, fname)
-  if type(m) == "table" and m.base then return m end
+function tools.module_of(p, m, n, fname, needs)
+  if type(m) == "table" then
+    local base, v = m.base, needs and m[needs]
+    local ok = math.type(base) == "integer" and base >= 0
+    if needs == "size" then
+      ok = ok and math.type(v) == "integer" and v >= 0 and v <= math.maxinteger - base
+    elseif needs then
+      ok = ok and type(v) == "string"
+    end
+    if not ok then
+      check.argerror(n, fname, ("a module table needs an integer base%s, as p:module() "
+        .. "gives"):format(needs and " and " .. needs or ""))
+    end
+    return m
+  end
   if type(m) ~= "string" then
     check.argerror(n, fname, "module must be a name or a module table, got " .. type(m))
   end
@@ -30,7 +44,11 @@ end
 function tools.hex(n, width)
   n = check.integer(n, 1, "hex", "number")
   if width ~= nil then
-    return ("0x%0" .. check.integer(width, 2, "hex", "width") .. "X"):format(n)
+    local w = check.integer(width, 2, "hex", "width")
+    if w < 0 or w > 99 then -- (string.format's limit)
+      check.argerror(2, "hex", ("width must be 0 to 99, got %d"):format(w))
+    end
+    return ("0x%0" .. w .. "X"):format(n)
   end
   return ("0x%X"):format(n)
 end
