@@ -354,6 +354,19 @@ describe("addresses, sizes and tables from the user in the Lua layer (#9)", func
     assert.matches(path, e.message, 1, true)
   end)
 
+  helpers.linux_it("call_with never cuts a function or an argument to a 32-bit target's 32 bits", function()
+    local t32 = helpers.start_target { bits = 32 }
+    finally(function() t32:stop() end)
+    local q <close> = rmem.open(t32.pid)
+    local getpid = q:proc_address("libc.so.6", "getpid")
+    assert.equal(t32.pid, q:call_with(getpid, {}))
+    assert.has_error(function() q:call_with(getpid + (1 << 32), {}) end, ("bad argument #1 to "
+      .. "'call_with' (0x%x is past the 4 GiB a 32-bit target can address)"):format(getpid + (1 << 32)))
+    assert.has_error(function() q:call_with(getpid, { 1, 1 << 32 }) end, "bad argument #2 to "
+      .. "'call_with' (args[2] is 0x100000000: a 32-bit target takes 32-bit arguments)")
+    assert.equal(t32.pid, q:call_with(getpid, { -1, 0xFFFFFFFF }))
+  end)
+
   it("rmem.hex refuses a width string.format cannot print", function()
     assert.equal("0x" .. ("0"):rep(97) .. "1F", rmem.hex(0x1F, 99))
     assert.has_error(function() rmem.hex(1, 100) end, "bad argument #2 to 'hex' (width must be 0 to 99, got 100)")

@@ -62,8 +62,10 @@ end
 local function align16(n) return (n + 15) // 16 * 16 end
 
 --- Checks call_with's argument list: integers, or strings (copied into the
--- target with two NUL bytes after them, so that UTF-16 text ends too).
-local function check_args(args, fname)
+-- target with two NUL bytes after them, so that UTF-16 text ends too); for
+-- a 32-bit target, integers that fit in 32 bits (signed or not), never
+-- silently cut.
+local function check_args(args, fname, bits)
   if type(args) ~= "table" then
     check.argerror(2, fname, "args must be a table (a list), got " .. type(args))
   end
@@ -79,7 +81,11 @@ local function check_args(args, fname)
   for i = 1, n do
     local v = args[i]
     if type(v) ~= "string" then
-      check.integer(v, 2, fname, ("args[%d]"):format(i))
+      v = check.integer(v, 2, fname, ("args[%d]"):format(i))
+      if bits == 32 and (v < -0x80000000 or v > 0xFFFFFFFF) then
+        check.argerror(2, fname, ("args[%d] is 0x%x: a 32-bit target takes 32-bit arguments")
+          :format(i, v))
+      end
     end
   end
   return n
@@ -135,7 +141,10 @@ end
 --- p:call_with(fn, { args }, opts) -> fn's return value (pointer-sized).
 local function call_with(p, fn_address, args, opts)
   local fn = check.address(fn_address, 1, "call_with")
-  local n = check_args(args, "call_with")
+  if p.bits == 32 and fn > 0xFFFFFFFF then
+    check.argerror(1, "call_with", ("0x%x is past the 4 GiB a 32-bit target can address"):format(fn))
+  end
+  local n = check_args(args, "call_with", p.bits)
   local timeout = timeout_of(opts, 3, "call_with")
   return (invoke(p, fn, args, n, timeout, nil, "call_with"))
 end
