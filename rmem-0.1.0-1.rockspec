@@ -31,12 +31,12 @@ supported_platforms = { "windows", "linux" }
 local function make_platform(plat)
   local core = {
     windows = {
-      sources = { "src/core.c", "src/backend_win.c", "src/scan.c" },
+      sources = { "src/core.c", "src/backend_win.c", "src/scan.c", "src/ptrmap.c" },
       libraries = { "kernel32", "advapi32" },
       incdirs = { "src" },
     },
     linux = {
-      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c" },
+      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c", "src/ptrmap.c" },
       incdirs = { "src" },
     },
   }
@@ -50,6 +50,7 @@ local function make_platform(plat)
       ["rmem.process"] = "lua/rmem/process.lua",
       ["rmem.protect"] = "lua/rmem/protect.lua",
       ["rmem.region"] = "lua/rmem/region.lua",
+      ["rmem.ptrscan"] = "lua/rmem/ptrscan.lua",
       ["rmem.remote"] = "lua/rmem/remote.lua",
       ["rmem.repl"] = "lua/rmem/repl.lua",
       ["rmem.scan"] = "lua/rmem/scan.lua",
