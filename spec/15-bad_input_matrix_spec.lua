@@ -198,10 +198,12 @@ describe("the bad-input matrix", function()
   it("a closed process: PROCESS_CLOSED from every method", function()
     local q = rmem.open(t.pid)
     q:close()
+    local handles = helpers.handle_count()
     for _, case in ipairs(process_cases(f)) do
       local got, err = outcome(q, case[1], case[2])
       assert(got == "rmem" and err.name == "PROCESS_CLOSED", case[1] .. ": " .. tostring(err))
     end
+    assert.equal(handles, helpers.handle_count())
   end)
 
   it("a freed region: REGION_FREED from every method", function()
@@ -218,11 +220,13 @@ describe("the bad-input matrix", function()
     local q <close> = rmem.open(t2.pid)
     local cases = process_cases { r = { address = q:alloc(PAGE):keep() } }
     t2:stop()
+    local handles = helpers.handle_count()
     for _, case in ipairs(cases) do
       local got, err = outcome(q, case[1], case[2])
       if case[1] ~= "module" then -- module() of an exited target finds none
         assert(got == "rmem", case[1] .. ": " .. got .. " " .. tostring(err))
       end
     end
+    assert.equal(handles, helpers.handle_count())
   end)
 end)

@@ -82,11 +82,17 @@ local function with_protection(p, address, size, prot, fn)
   end
   p:protect(a, n, prot)
   local results = table.pack(pcall(fn))
+  -- every piece is restored, even after one fails (fn may have freed it)
+  local restored, err = true, nil
   for i = #saved, 1, -1 do
     local s = saved[i]
-    if s[3] then p:protect(s[1], s[2], s[3]) end
+    if s[3] then
+      local ok, e = pcall(p.protect, p, s[1], s[2], s[3])
+      if not ok and restored then restored, err = false, e end
+    end
   end
   if not results[1] then error(results[2], 0) end
+  if not restored then error(err, 0) end
   return table.unpack(results, 2, results.n)
 end
 

@@ -71,15 +71,17 @@ local function handle(p, op, address)
   local h = p._h
   if h == nil then
     error(Error.new { op = op, name = "PROCESS_CLOSED", pid = p.pid, address = address,
-      message = "the process handle is closed." }, 0)
+      message = "the process handle is closed.", hint = p._collected and "the collector "
+        .. "closed it, and a finalizer kept the process object: open the process again "
+        .. "with rmem.open" or nil }, 0)
   end
   return h
 end
 
-local function wrap(h)
+local function wrap(h, access)
   return setmetatable({
     pid = h:pid(), name = h:name(), bits = h:bits(),
-    _h = h,
+    _h = h, _access = access, -- the PROCESS_* mask it was opened with
     _regions = setmetatable({}, { __mode = "v" }), -- live Region objects by base address
   }, Process)
 end
@@ -122,12 +124,12 @@ function Process.open(target, opts)
   end
   local h, msg, code = core.open(pid, mask)
   if not h then error(Error.from_os("open", msg, code, { pid = pid }), 0) end
-  return wrap(h)
+  return wrap(h, mask)
 end
 
 --- The current process.
 function Process.self()
-  return wrap(assert(core.self()))
+  return wrap(assert(core.self()), F.PROCESS_ALL_ACCESS)
 end
 
 --- The running processes: a list of { pid, name, parent_pid }.
@@ -145,6 +147,14 @@ function Process:close()
   end
 end
 Process.__close = Process.close
+
+-- The collector finalizes the core handle with this object. A finalizer
+-- may keep the object (resurrect it): it must then say that it is closed,
+-- and raise PROCESS_CLOSED, not the core's plain error. (Finalizers run
+-- newest first: this one before the handle's, which closes it.)
+function Process:__gc()
+  self._h, self._collected = nil, true
+end
 
 function Process:is_closed()
   return self._h == nil
@@ -181,11 +191,18 @@ end
 local ALLOC_OPTS = { protect = true, commit = true, address = true, top_down = true,
   large_pages = true, write_watch = true, near = true, max_distance = true }
 
+-- The lowest base bases_near offers: the first 64 KiB are never given out
+-- (Windows; Linux's default mmap_min_addr), and 0 would mean "anywhere".
+local LOWEST_NEAR = math.max(core.granularity, 0x10000)
+
 --- Bases for n bytes within max_distance of near (both ends of the
 -- allocation in reach), in free regions, closest first.
 local function bases_near(p, near, n, max_distance)
-  local gran, list = core.granularity, {}
-  local lo, hi = math.max(0, near - max_distance), near + max_distance
+  local gran, list, user_end = core.granularity, {}, core.user_end
+  if n > user_end then return list end
+  n = page_up(n)
+  local lo = math.max(LOWEST_NEAR, near - max_distance)
+  local hi = max_distance < user_end - near and near + max_distance or user_end -- (no overflow)
   for info in p:regions { state = "free" } do
     local b, e = math.max(info.base, lo), math.min(info.base + info.size, hi)
     -- the granule-aligned base in [b, e - n] closest to near
@@ -219,7 +236,7 @@ function Process:alloc(size, opts)
     for k, v in pairs(opts) do
       if k ~= "near" and k ~= "max_distance" then rest[k] = v end
     end
-    for _, base in ipairs(bases_near(self, near, page_up(n), reach)) do
+    for _, base in ipairs(bases_near(self, near, n, reach)) do
       rest.address = base
       local ok, r = pcall(self.alloc, self, n, rest)
       if ok then return r end
@@ -232,7 +249,8 @@ function Process:alloc(size, opts)
       message = ("no free space for %d bytes within 0x%x bytes of 0x%x."):format(n, reach, near),
       hint = "free memory near the address, or allow a larger max_distance" }, 0)
   end
-  local want = opts.address and check.address(opts.address, 2, "alloc") -- nil: the OS chooses
+  local want = opts.address and check.address(opts.address, 2, "alloc")
+  if want == 0 then want = nil end -- nil or 0: the OS chooses, as VirtualAllocEx's NULL
   local _, n = check.range(want or 0, size, 0, "alloc")
   local prot = protect.value(opts.protect or "rw", 2, "alloc")
   local type = F.MEM_RESERVE
@@ -467,20 +485,44 @@ local function write_raw(p, h, a, bytes)
   end
 end
 
+--- Puts back the protection of the pages a forced write changed, last
+-- first; returns the first failure (msg, code, address, size), if any.
+local function restore(h, changed)
+  local failed
+  for i = #changed, 1, -1 do
+    local c = changed[i]
+    local old, msg, code = h:protect(c[1], c[2], c[3])
+    if not old and not failed then failed = { msg, code, c[1], c[2] } end
+  end
+  if failed then return table.unpack(failed) end
+end
+
+-- A forced write whose handle may change protections, failing to make
+-- pages writable: the pages are the reason, not the handle's rights
+-- (Linux says EACCES, Wine ERROR_INVALID_PARAMETER).
+local CANNOT_UNPROTECT = "these pages cannot be made writable (a read-only view of a file or "
+  .. "section is one kind): nothing was written, and the pages made writable before were "
+  .. "restored; p:query(addr) shows them"
+
 --- Makes every committed, non-writable page of [a, a + n) writable and
--- returns the list of { address, size, old protection } to restore.
+-- returns the list of { address, size, old protection } to restore. A
+-- failure midway restores the pages already changed before it raises.
 local function unprotect(p, h, a, n)
   local changed, stop = {}, a + n
   while a < stop do
     local raw, msg, code = h:query(a)
-    if not raw then fail(p, "write", msg, code, a, n) end
-    local piece = math.min(raw.base + raw.size, stop) - a
-    local wp = raw.state == F.MEM_COMMIT and protect.for_write(raw.protect)
+    local piece = raw and math.min(raw.base + raw.size, stop) - a
+    local wp = raw and raw.state == F.MEM_COMMIT and protect.for_write(raw.protect)
     if wp then
       local old
       old, msg, code = h:protect(a, piece, wp)
-      if not old then fail(p, "write", msg, code, a, piece) end
-      changed[#changed + 1] = { a, piece, old }
+      if old then changed[#changed + 1] = { a, piece, old } end
+    end
+    if msg then
+      restore(h, changed)
+      local pages_refused = raw and p._access & F.PROCESS_VM_OPERATION ~= 0
+        and core.error_name(code) ~= "EPERM" -- (ptrace refused: refine_hint says why)
+      fail(p, "write", msg, code, a, piece or n, { hint = pages_refused and CANNOT_UNPROTECT or nil })
     end
     a = a + piece
   end
@@ -512,12 +554,9 @@ function Process:write(address, bytes, opts)
   end
   local changed = unprotect(self, h, a, #bytes)
   local ok, err = pcall(write_raw, self, h, a, bytes)
-  for i = #changed, 1, -1 do
-    local c = changed[i]
-    local old, msg, code = h:protect(c[1], c[2], c[3])
-    if not old and ok then fail(self, "write", msg, code, c[1], c[2]) end
-  end
+  local msg, code, ra, rn = restore(h, changed)
   if not ok then error(err, 0) end
+  if msg then fail(self, "write", msg, code, ra, rn) end
   return #bytes
 end
 

@@ -62,8 +62,10 @@ end
 local function align16(n) return (n + 15) // 16 * 16 end
 
 --- Checks call_with's argument list: integers, or strings (copied into the
--- target with two NUL bytes after them, so that UTF-16 text ends too).
-local function check_args(args, fname)
+-- target with two NUL bytes after them, so that UTF-16 text ends too); for
+-- a 32-bit target, integers that fit in 32 bits (signed or not), never
+-- silently cut.
+local function check_args(args, fname, bits)
   if type(args) ~= "table" then
     check.argerror(2, fname, "args must be a table (a list), got " .. type(args))
   end
@@ -79,7 +81,11 @@ local function check_args(args, fname)
   for i = 1, n do
     local v = args[i]
     if type(v) ~= "string" then
-      check.integer(v, 2, fname, ("args[%d]"):format(i))
+      v = check.integer(v, 2, fname, ("args[%d]"):format(i))
+      if bits == 32 and (v < -0x80000000 or v > 0xFFFFFFFF) then
+        check.argerror(2, fname, ("args[%d] is 0x%x: a 32-bit target takes 32-bit arguments")
+          :format(i, v))
+      end
     end
   end
   return n
@@ -135,7 +141,10 @@ end
 --- p:call_with(fn, { args }, opts) -> fn's return value (pointer-sized).
 local function call_with(p, fn_address, args, opts)
   local fn = check.address(fn_address, 1, "call_with")
-  local n = check_args(args, "call_with")
+  if p.bits == 32 and fn > 0xFFFFFFFF then
+    check.argerror(1, "call_with", ("0x%x is past the 4 GiB a 32-bit target can address"):format(fn))
+  end
+  local n = check_args(args, "call_with", p.bits)
   local timeout = timeout_of(opts, 3, "call_with")
   return (invoke(p, fn, args, n, timeout, nil, "call_with"))
 end
@@ -200,13 +209,8 @@ local tools = require "rmem.tools"
 local read_file, module_of = tools.read_file, tools.module_of
 
 --- An ELF object's dynamic symbol (the default version when there are
--- several), from the file on disk, relocated to where it is mapped.
-local function elf_export(p, m, name)
-  local elf = read_file(m.path) or read_file(("/proc/%d/root%s"):format(p.pid, m.path))
-  if not elf or elf:sub(1, 4) ~= "\x7FELF" then
-    error(Error.new { op = "proc_address", name = "NOT_ELF", pid = p.pid, address = m.base,
-      message = ("cannot read the ELF file %s."):format(m.path) }, 0)
-  end
+-- several), from the file's bytes, relocated to where it is mapped.
+local function elf_symbol(p, m, elf, name)
   local is64 = elf:byte(5) == 2
   local A = is64 and "I8" or "I4"
   local phoff, shoff, phentsize, phnum, shentsize, shnum
@@ -265,10 +269,23 @@ local function elf_export(p, m, name)
   return found
 end
 
+--- elf_symbol from the file on disk; a file that is not a whole ELF
+-- object (truncated, or changed since it was mapped) is an rmem.Error.
+local function elf_export(p, m, name)
+  local elf = read_file(m.path) or read_file(("/proc/%d/root%s"):format(p.pid, m.path))
+  local ok, found = false, elf and "not an ELF file" or "it cannot be opened"
+  if elf and elf:sub(1, 4) == "\x7FELF" then ok, found = pcall(elf_symbol, p, m, elf, name) end
+  if ok then return found end
+  if Error.is_error(found) then error(found, 0) end
+  error(Error.new { op = "proc_address", name = "NOT_ELF", pid = p.pid, address = m.base,
+    message = ("cannot read the ELF file %s (%s)."):format(m.path,
+      (tostring(found):gsub("^.-:%d+: ", ""))) }, 0)
+end
+
 --- p:proc_address(module, name) -> the address of an exported function or
 -- variable in the target, or nil; module is a name or a module table.
 local function proc_address(p, module, name)
-  local m = module_of(p, module, 1, "proc_address")
+  local m = module_of(p, module, 1, "proc_address", not windows and "path" or nil)
   if type(name) ~= "string" and not (windows and math.type(name) == "integer") then
     check.argerror(2, "proc_address", "name must be a string, got " .. type(name))
   end
@@ -344,7 +361,7 @@ end
 --- p:unload_library(module): FreeLibrary / dlclose once for a module that
 -- load_library (or anything else) loaded; module is a name or module table.
 local function unload_library(p, module, opts)
-  local m = module_of(p, module, 1, "unload_library")
+  local m = module_of(p, module, 1, "unload_library", not windows and "path" or nil)
   local timeout = timeout_of(opts, 2, "unload_library")
   local load, free, last_error = loader(p, "unload_library")
   if windows then

@@ -87,7 +87,7 @@ local SCAN_OPTS = { module = true, from = true, to = true, protect = true, limit
 local function bounds(p, opts)
   local from, to = 0, core.user_end
   if opts.module ~= nil then
-    local m = tools.module_of(p, opts.module, 2, "scan")
+    local m = tools.module_of(p, opts.module, 2, "scan", "size")
     from, to = m.base, m.base + m.size
   end
   if opts.from ~= nil then from = math.max(from, check.address(opts.from, 2, "scan")) end
@@ -125,6 +125,10 @@ end
 -- false stops the scan after the matches found so far).
 local function scanner(p, pattern, opts)
   local bytes, mask = scan.parse(pattern, 1, "scan")
+  if #bytes > CHUNK then
+    check.argerror(1, "scan", ("the pattern is %d bytes long: at most %d (the scan reads "
+      .. "1 MiB at a time)"):format(#bytes, CHUNK))
+  end
   opts = check.options(opts, 2, "scan", SCAN_OPTS)
   local from, to = bounds(p, opts)
   local limit = opts.limit and check.size(opts.limit, 2, "scan") or math.maxinteger
@@ -140,7 +144,7 @@ local function scanner(p, pattern, opts)
   for _, r in ipairs(list) do total = total + (r[2] - r[1]) end
   local len, queue, qi, count = #bytes, {}, 1, 0
   local run, at = 0, nil -- the run being read and the next address in it
-  local next_start = 0    -- non-overlapping: no match may start before this
+  local next_start = 0    -- non-overlapping: where the last match ended
 
   local function refill()
     while qi > #queue do
@@ -151,22 +155,23 @@ local function scanner(p, pattern, opts)
         at = list[run][1]
       end
       local stop = math.min(list[run][2], at + CHUNK + len - 1)
+      -- non-overlapping, a match of the last chunk may reach into this one:
+      -- scanning on from its end finds what one scan of the whole run would
+      local start = math.max(at, next_start)
       queue, qi = {}, 1
       -- the chunk is read and scanned in C; only a chunk that cannot be read
       -- whole comes to Lua, in readable pieces
-      local hits = p._h and p._h:find(at, stop - at, bytes, mask, align, overlapping, limit - count)
-      local pieces = hits and { { at, hits } } or read_pieces(p, at, stop)
+      local hits = p._h and p._h:find(start, stop - start, bytes, mask, align, overlapping, limit - count)
+      local pieces = hits and { { start, hits } } or read_pieces(p, start, stop)
       for _, piece in ipairs(pieces) do
         if type(piece[2]) == "string" then
           piece[2] = core.find(piece[2], bytes, mask, piece[1], align, overlapping, limit - count)
         end
         for _, hit in ipairs(piece[2]) do
-          if hit >= next_start and #queue < limit - count then
-            queue[#queue + 1] = hit
-            if not overlapping then next_start = hit + len end
-          end
+          if #queue < limit - count then queue[#queue + 1] = hit end
         end
       end
+      if not overlapping and #queue > 0 then next_start = queue[#queue] + len end
       -- the next chunk overlaps this one by len - 1 bytes: no match on a
       -- chunk border is lost, and none is found twice
       local was = at

@@ -14,10 +14,24 @@ function tools.read_file(path)
   return s
 end
 
---- The module argument n of fname: a module table, or the name of one
+--- The module argument n of fname: a module table (an integer base, and
+-- the field `needs` names if any: "size" or "path"), or the name of one
 -- (an argument error if the process has none by that name).
-function tools.module_of(p, m, n, fname)
-  if type(m) == "table" and m.base then return m end
+function tools.module_of(p, m, n, fname, needs)
+  if type(m) == "table" then
+    local base, v = m.base, needs and m[needs]
+    local ok = math.type(base) == "integer" and base >= 0
+    if needs == "size" then
+      ok = ok and math.type(v) == "integer" and v >= 0 and v <= math.maxinteger - base
+    elseif needs then
+      ok = ok and type(v) == "string"
+    end
+    if not ok then
+      check.argerror(n, fname, ("a module table needs an integer base%s, as p:module() "
+        .. "gives"):format(needs and " and " .. needs or ""))
+    end
+    return m
+  end
   if type(m) ~= "string" then
     check.argerror(n, fname, "module must be a name or a module table, got " .. type(m))
   end
@@ -30,9 +44,34 @@ end
 function tools.hex(n, width)
   n = check.integer(n, 1, "hex", "number")
   if width ~= nil then
-    return ("0x%0" .. check.integer(width, 2, "hex", "width") .. "X"):format(n)
+    local w = check.integer(width, 2, "hex", "width")
+    if w < 0 or w > 99 then -- (string.format's limit)
+      check.argerror(2, "hex", ("width must be 0 to 99, got %d"):format(w))
+    end
+    return ("0x%0" .. w .. "X"):format(n)
   end
   return ("0x%X"):format(n)
+end
+
+--- The error for a pointer chain that leaves the address space at `step`
+-- (0: the base expression).
+local function overflow(p, step, what, address)
+  error(Error.new { op = "resolve", name = "ADDRESS_OVERFLOW", pid = p.pid, address = address,
+    step = step, message = ("%s: %s leaves the address space."):format(
+      step == 0 and "the base" or "step " .. step, what),
+    hint = "an offset or a pointer in the chain is wrong: p:hexdump(addr, 64) shows the "
+      .. "memory a step reads" }, 0)
+end
+
+--- base + off, which must stay in [0, 2^bits) (Lua's integers end at 2^63 - 1).
+local function offset_address(p, base, off, step)
+  local top = p.bits == 32 and 0xFFFFFFFF or math.maxinteger
+  if base < 0 or base > top or (off > 0 and base > top - off) or (off < 0 and base + off < 0) then
+    -- (a pointer with the top bit set reads as a negative integer)
+    overflow(p, step, ("0x%x %s 0x%x"):format(base, off < 0 and "-" or "+",
+      off < 0 and -off or off), base)
+  end
+  return base + off
 end
 
 --- The address that "module+0xOFFSET" (or "module", or "module+123") names.
@@ -54,7 +93,7 @@ local function module_address(p, expr)
       message = ("no module named '%s' in the process."):format(name),
       hint = "p:modules() lists the modules and their names" }, 0)
   end
-  return m.base + offset
+  return offset_address(p, m.base, offset, 0)
 end
 
 --- Follows a pointer chain: reads a pointer at base, adds the first offset,
@@ -82,8 +121,12 @@ local function resolve(p, base, ...)
   end
   local address = type(base) == "string" and module_address(p, base)
     or check.address(base, 1, "resolve")
+  local width = p.bits // 8
   for i = 1, offsets.n do
     local off = check.integer(offsets[i], i + 1, "resolve", "offset")
+    if address > math.maxinteger - width then
+      overflow(p, i, ("the pointer at 0x%x"):format(address), address)
+    end
     local ok, ptr = pcall(p.read_ptr, p, address)
     if not ok then
       local e = ptr
@@ -93,7 +136,7 @@ local function resolve(p, base, ...)
         message = ("step %d: cannot read the pointer at 0x%x: %s"):format(i, address, e.message),
         hint = e.hint }, 0)
     end
-    address = ptr + off
+    address = offset_address(p, ptr, off, i)
   end
   return address
 end

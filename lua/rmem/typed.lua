@@ -158,8 +158,12 @@ local function process_methods(Process, page)
   --- string.unpack(fmt) over exactly string.packsize(fmt) bytes.
   function Process:unpack(address, fmt)
     local data = self:read(address, packsize(fmt, "unpack"))
-    local values = table.pack(string.unpack(fmt, data))
-    return table.unpack(values, 1, values.n - 1)
+    local values = table.pack(pcall(string.unpack, fmt, data))
+    if not values[1] then -- "<i16" whose bytes do not fit in a Lua integer
+      check.argerror(2, "unpack", ("format '%s' at 0x%x: %s"):format(fmt, address,
+        tostring(values[2]):match("%((.*)%)$") or tostring(values[2])))
+    end
+    return table.unpack(values, 2, values.n - 1)
   end
   --- Writes string.pack(fmt, ...); returns the bytes written.
   function Process:pack(address, fmt, ...)

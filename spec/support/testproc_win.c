@@ -10,6 +10,7 @@
  */
 #include <windows.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -149,11 +150,52 @@ static int tp_wine_version(lua_State *L) {
   return 1;
 }
 
-/* The host's open handles: leak checks compare it before and after. */
+/* One entry of NtQuerySystemInformation(SystemExtendedHandleInformation),
+ * as winternl.h does not declare it. */
+typedef struct handle_entry {
+  PVOID object;
+  ULONG_PTR pid, value;
+  ULONG access;
+  USHORT creator_back_trace_index, type_index;
+  ULONG attributes, reserved;
+} handle_entry;
+
+typedef struct handle_list {
+  ULONG_PTR count, reserved;
+  handle_entry handles[1];
+} handle_list;
+
+typedef LONG(WINAPI *query_system_fn)(ULONG, PVOID, ULONG, PULONG);
+
+#define SYSTEM_EXTENDED_HANDLE_INFORMATION 64
+#define STATUS_INFO_LENGTH_MISMATCH ((LONG)0xC0000004L)
+
+/* The host's open handles: leak checks compare it before and after. Wine 8's
+ * GetProcessHandleCount always answers 0, so the handles are counted in the
+ * system's handle list instead (Windows and Wine both fill it). */
 static int tp_handle_count(lua_State *L) {
-  DWORD n = 0;
-  if (!GetProcessHandleCount(GetCurrentProcess(), &n))
-    return fail(L, "GetProcessHandleCount", GetLastError());
+  query_system_fn query = (query_system_fn)(void (*)(void))GetProcAddress(
+      GetModuleHandleA("ntdll.dll"), "NtQuerySystemInformation");
+  ULONG size = 1 << 16, need = 0;
+  ULONG_PTR i, me = GetCurrentProcessId(), n = 0;
+  handle_list *list = NULL;
+  LONG status;
+  if (query == NULL)
+    return fail(L, "GetProcAddress(NtQuerySystemInformation)", GetLastError());
+  do { /* the list grows between calls: retry with what it needed, and more */
+    free(list);
+    list = (handle_list *)malloc(size);
+    if (list == NULL)
+      return luaL_error(L, "testproc: not enough memory");
+    status = query(SYSTEM_EXTENDED_HANDLE_INFORMATION, list, size, &need);
+    size = (need > size ? need : size) * 2;
+  } while (status == STATUS_INFO_LENGTH_MISMATCH);
+  if (status == 0)
+    for (i = 0; i < list->count; i++)
+      n += list->handles[i].pid == me;
+  free(list);
+  if (status != 0)
+    return fail(L, "NtQuerySystemInformation", (DWORD)status);
   lua_pushinteger(L, (lua_Integer)n);
   return 1;
 }
