@@ -4,6 +4,7 @@
  *
  *   rmem-target [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N]
  *               [--seccomp] [--tick] [--die-after MS] [--until-eof]
+ *               [--chain] [--wait sigwaitinfo|epoll] [--main-exits]
  *
  * --ready-event NAME  Windows: set the named event once started (the test helper)
  * --ready-fd N        POSIX: write "ready\n" to descriptor N and close it (the test helper)
@@ -16,11 +17,20 @@
  * --die-after MS      be killed (as by SIGKILL / TerminateProcess) MS milliseconds
  *                     after starting, whatever it is doing (the fault specs)
  * --until-eof         read commands from standard input: "exit N" exits with
- *                     code N, end of input exits 0; otherwise idle until killed
+ *                     code N, "exec PATH [ARG]" (POSIX) runs another program in
+ *                     this process, end of input exits 0; otherwise idle until killed
+ * --wait sigwaitinfo  Linux, with --until-eof: instead, the only thread waits in
+ *                     sigwaitinfo for SIGUSR1 and exits with its number (10),
+ *                     or with 99 if the wait failed with EINTR
+ * --wait epoll        Linux, with --until-eof: wait for each command in epoll_wait;
+ *                     exit with 99 if it failed with EINTR
+ * --main-exits        Linux, with --until-eof: the commands are read by another
+ *                     thread and the main thread exits
  * --chain             build static -> heap A (+0x48) -> heap B (+0x10) -> a
  *                     value (0x5EED5EED00C0FFEE) at fresh heap addresses, among
  *                     decoys (examples/pointer_scan.lua, the pointer scan specs)
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +73,7 @@ static DWORD WINAPI ticker(LPVOID arg) {
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
+#include <sys/epoll.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
@@ -100,6 +111,13 @@ static void *killer(void *arg) {
   nanosleep(&ts, NULL);
   kill(getpid(), SIGKILL);
   return NULL;
+}
+
+static int commands(void);
+
+static void *commands_thread(void *arg) {
+  (void)arg;
+  exit(commands());
 }
 
 static void *sleeper(void *arg) {
@@ -145,11 +163,73 @@ static int build_chain(void) {
   return 1;
 }
 
+#ifdef __linux__
+static int wait_epoll; /* --wait epoll */
+#endif
+
+/* Waits until standard input is readable; 0 if epoll_wait saw EINTR. */
+static int input_ready(void) {
+#ifdef __linux__
+  static int ep = -1;
+  struct epoll_event ev;
+  if (!wait_epoll)
+    return 1;
+  if (ep < 0) {
+    ev.events = EPOLLIN;
+    ev.data.fd = 0;
+    if ((ep = epoll_create1(0)) < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev) != 0)
+      exit(6);
+  }
+  while (epoll_wait(ep, &ev, 1, -1) != 1)
+    if (errno == EINTR)
+      return 0;
+#endif
+  return 1;
+}
+
+/* The --until-eof loop: returns the exit code. */
+static int commands(void) {
+  char line[512];
+  for (;;) {
+    if (!input_ready())
+      return 99;
+    if (!fgets(line, sizeof line, stdin))
+      return 0;
+    if (strncmp(line, "exit ", 5) == 0)
+      return atoi(line + 5);
+#ifndef _WIN32
+    if (strncmp(line, "exec ", 5) == 0) {
+      char *path = strtok(line + 5, " \n"), *arg = strtok(NULL, " \n");
+      if (path)
+        execl(path, path, arg, (char *)NULL);
+      return 7;
+    }
+#endif
+  }
+}
+
 int main(int argc, char **argv) {
   int i, until_eof = 0;
+#ifndef _WIN32
+  int main_exits = 0, wait_signal = 0;
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+#endif
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--until-eof") == 0) {
       until_eof = 1;
+#ifdef __linux__
+    } else if (strcmp(argv[i], "--wait") == 0 && i + 1 < argc) {
+      i++;
+      wait_epoll = strcmp(argv[i], "epoll") == 0;
+      wait_signal = strcmp(argv[i], "sigwaitinfo") == 0;
+      /* blocked from the start: a SIGUSR1 sent once ready is waited for */
+      if (wait_signal)
+        sigprocmask(SIG_BLOCK, &usr1, NULL);
+    } else if (strcmp(argv[i], "--main-exits") == 0) {
+      main_exits = 1;
+#endif
     } else if (strcmp(argv[i], "--tick") == 0) {
 #ifdef _WIN32
       if (CreateThread(NULL, 0, ticker, NULL, 0, NULL) == NULL)
@@ -205,17 +285,26 @@ int main(int argc, char **argv) {
 #endif
     } else {
       fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N] "
-                      "[--seccomp] [--tick] [--die-after MS] [--until-eof] [--chain]\n",
+                      "[--seccomp] [--tick] [--die-after MS] [--until-eof] [--chain] "
+                      "[--wait sigwaitinfo|epoll] [--main-exits]\n",
               argv[0]);
       return 1;
     }
   }
   if (until_eof) {
-    char line[64];
-    while (fgets(line, sizeof line, stdin))
-      if (strncmp(line, "exit ", 5) == 0)
-        return atoi(line + 5);
-    return 0;
+#ifndef _WIN32
+    if (wait_signal) {
+      int sig = sigwaitinfo(&usr1, NULL);
+      return sig < 0 && errno == EINTR ? 99 : sig;
+    }
+    if (main_exits) {
+      pthread_t th;
+      if (pthread_create(&th, NULL, commands_thread, NULL) != 0)
+        return 4;
+      pthread_exit(NULL);
+    }
+#endif
+    return commands();
   }
   for (;;)
 #ifdef _WIN32

@@ -50,6 +50,12 @@ void rb_close(rb_proc *p);
 
 unsigned long rb_pid(const rb_proc *p);
 int rb_bits(const rb_proc *p);
+/* The end of the addresses the process can use (2^32 for a 32-bit process
+ * on Linux), or 0 where only the pointer size limits them. */
+uintptr_t rb_addr_end(const rb_proc *p);
+/* 1 once the program the handle was opened on was replaced by another in
+ * the same process (exec on Linux): the handle then acts as if it ended. */
+int rb_replaced(const rb_proc *p);
 /* The executable's base name, UTF-8, into buf (empty if unknown). */
 void rb_name(const rb_proc *p, char *buf, size_t n);
 /* *alive is 1 while the process runs; once it ended, *known says whether

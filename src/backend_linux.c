@@ -38,17 +38,26 @@ enum {
   PROCESS_VM_OPERATION = 0x0008, PROCESS_VM_WRITE = 0x0020
 };
 
-/* One allocation rmem made: its pages' states (1 = committed). */
+/* Committed pages [lo, hi), as page indices inside their allocation. */
+typedef struct run {
+  size_t lo, hi;
+} run;
+
+/* One allocation rmem made: its committed pages as sorted, disjoint,
+ * non-adjacent runs, so a huge reservation costs nothing until committed. */
 typedef struct alloc {
   uintptr_t base;
   size_t size;
   unsigned long protect; /* the protection it was allocated with */
-  unsigned char *committed;
+  run *runs;
+  size_t nruns, cap;
 } alloc;
 
 struct rb_proc {
   pid_t pid;
+  pid_t tid;        /* a live thread: pid, unless the main thread has exited */
   int pidfd;        /* -1 where the kernel has no pidfd_open */
+  int memfd;        /* /proc/TID/mem: pins the address space the handle opened */
   int is_self;
   int bits;
   unsigned long access;
@@ -115,24 +124,90 @@ static rb_err stat_info(pid_t pid, char *state, unsigned long *ppid,
   return 0;
 }
 
-/* ESRCH if the process is gone or its pid now belongs to another one. A
- * pidfd turns readable when its process exits: one cheap poll. */
+/* A thread of pid that has not exited: pid itself unless its main thread
+ * has (the process lives on in its other threads); 0 if none. */
+static pid_t live_thread(pid_t pid) {
+  char path[64], state;
+  DIR *d;
+  struct dirent *ent;
+  pid_t found = 0;
+  if (stat_info(pid, &state, NULL, NULL))
+    return 0;
+  if (state != 'Z' && state != 'X')
+    return pid;
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  if ((d = opendir(path)) == NULL)
+    return 0;
+  while (found == 0 && (ent = readdir(d)) != NULL) {
+    long tid = strtol(ent->d_name, NULL, 10);
+    if (tid <= 0 || tid == pid || tid > INT_MAX)
+      continue;
+    snprintf(path, sizeof path, "task/%ld/stat", tid);
+    {
+      char buf[1024];
+      const char *f;
+      if (read_proc(pid, path, buf, sizeof buf))
+        continue;
+      f = stat_fields(buf);
+      if (f[0] != 'Z' && f[0] != 'X')
+        found = (pid_t)tid;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+/* Whether the address space behind memfd still has users: reading
+ * /proc/PID/mem through a descriptor opened earlier reads that earlier
+ * address space, and gives end-of-file once it is gone (the process exited,
+ * or exec() replaced it, or the pid now names another process). One read
+ * at address 0 (never mapped: EIO) costs about half a microsecond. */
+static int mm_alive(int memfd) {
+  char b;
+  return pread(memfd, &b, 1, 0) != 0;
+}
+
+/* ESRCH unless the handle's process still runs the program it was opened
+ * on. Checked before every operation, so a handle never acts on another
+ * process that got the pid, nor on the new program after an exec(). */
 static rb_err check_same(const rb_proc *p) {
   unsigned long long start;
   char state;
   if (p->is_self)
     return 0;
-  if (p->pidfd >= 0) {
-    struct pollfd pfd;
-    pfd.fd = p->pidfd;
-    pfd.events = POLLIN;
-    pfd.revents = 0;
-    return poll(&pfd, 1, 0) == 0 ? 0 : ESRCH;
-  }
+  if (p->memfd >= 0)
+    return mm_alive(p->memfd) ? 0 : ESRCH;
   if (stat_info(p->pid, &state, NULL, &start) || start != p->start_time ||
       state == 'Z' || state == 'X')
     return ESRCH;
   return 0;
+}
+
+/* Whether the process the handle was opened on has exited. */
+static int has_exited(const rb_proc *p) {
+  unsigned long long start;
+  if (p->pidfd >= 0) { /* readable once its process has exited */
+    struct pollfd pfd;
+    pfd.fd = p->pidfd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    return poll(&pfd, 1, 0) != 0;
+  }
+  return live_thread(p->pid) == 0 || stat_info(p->pid, NULL, NULL, &start) ||
+         start != p->start_time;
+}
+
+int rb_replaced(const rb_proc *p) {
+  return !p->is_self && check_same(p) != 0 && !has_exited(p);
+}
+
+/* Before every operation: the identity check and, for a process whose main
+ * thread has exited, a thread that still runs to work through. */
+static rb_err begin(rb_proc *p) {
+  rb_err e = check_same(p);
+  if (!e && p->tid != p->pid && (p->tid = live_thread(p->pid)) == 0)
+    e = ESRCH;
+  return e;
 }
 
 static void exe_name(pid_t pid, char *buf, size_t n) {
@@ -179,9 +254,11 @@ static rb_err new_proc(pid_t pid, int is_self, unsigned long access, rb_proc **o
   if (p == NULL)
     return ENOMEM;
   p->pid = pid;
+  p->tid = pid;
   p->is_self = is_self;
   p->access = access;
   p->pidfd = -1;
+  p->memfd = -1;
   *out = p;
   return 0;
 }
@@ -189,7 +266,6 @@ static rb_err new_proc(pid_t pid, int is_self, unsigned long access, rb_proc **o
 rb_err rb_open(unsigned long pid, unsigned long access, rb_proc **out) {
   rb_proc *p;
   char path[64];
-  int fd;
   rb_err e;
   if (pid == 0 || pid > INT_MAX)
     return ESRCH;
@@ -197,20 +273,21 @@ rb_err rb_open(unsigned long pid, unsigned long access, rb_proc **out) {
     return e;
   /* the pidfd first: the start time read next is then its process's */
   p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
-  if ((e = stat_info(p->pid, NULL, NULL, &p->start_time))) {
+  if ((e = stat_info(p->pid, NULL, NULL, &p->start_time)) ||
+      (e = (p->tid = live_thread(p->pid)) == 0 ? ESRCH : 0)) {
     rb_close(p);
     return e;
   }
-  /* The kernel's ptrace access check, as OpenProcess would refuse. */
-  snprintf(path, sizeof path, "/proc/%d/mem", (int)p->pid);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    e = errno == ENOENT ? ESRCH : (rb_err)errno;
+  /* The kernel's ptrace access check, as OpenProcess would refuse; the
+   * descriptor then identifies the address space (check_same). */
+  snprintf(path, sizeof path, "/proc/%d/mem", (int)p->tid);
+  p->memfd = open(path, O_RDONLY | O_CLOEXEC);
+  if (p->memfd < 0 || !mm_alive(p->memfd)) {
+    e = p->memfd < 0 && errno != ENOENT ? (rb_err)errno : ESRCH;
     rb_close(p);
     return e;
   }
-  close(fd);
-  p->bits = elf_bits(p->pid);
+  p->bits = elf_bits(p->tid);
   *out = p;
   return 0;
 }
@@ -226,8 +303,10 @@ void rb_close(rb_proc *p) {
   size_t i;
   if (p->pidfd >= 0)
     close(p->pidfd);
+  if (p->memfd >= 0)
+    close(p->memfd);
   for (i = 0; i < p->nallocs; i++)
-    free(p->allocs[i].committed);
+    free(p->allocs[i].runs);
   free(p->allocs);
   free(p);
 }
@@ -235,7 +314,11 @@ void rb_close(rb_proc *p) {
 unsigned long rb_pid(const rb_proc *p) { return (unsigned long)p->pid; }
 int rb_bits(const rb_proc *p) { return p->bits; }
 
-void rb_name(const rb_proc *p, char *buf, size_t n) { exe_name(p->pid, buf, n); }
+uintptr_t rb_addr_end(const rb_proc *p) {
+  return p->bits == 32 ? (uintptr_t)1 << 32 : 0;
+}
+
+void rb_name(const rb_proc *p, char *buf, size_t n) { exe_name(p->tid, buf, n); }
 
 rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code, int *known) {
   siginfo_t si;
@@ -274,8 +357,11 @@ rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count) {
     char state;
     if (*end != '\0' || pid == 0)
       continue;
-    if (stat_info((pid_t)pid, &state, &ppid, NULL) || state == 'Z' || state == 'X')
+    if (pid > INT_MAX || stat_info((pid_t)pid, &state, &ppid, NULL))
       continue; /* exited, maybe meanwhile */
+    /* a main thread that has exited leaves the process to its other threads */
+    if ((state == 'Z' || state == 'X') && live_thread((pid_t)pid) == 0)
+      continue;
     if (n < cap) {
       list[n].pid = pid;
       list[n].parent_pid = ppid;
@@ -296,9 +382,12 @@ rb_err rb_enable_debug_privilege(void) { return ENOSYS; }
 
 static rb_err transfer(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done,
                        int write) {
+  rb_err e;
   *done = 0;
   if (write && !(p->access & PROCESS_VM_WRITE))
     return EACCES;
+  if ((e = begin(p)))
+    return e;
   while (*done < n) {
     struct iovec local, remote;
     ssize_t got;
@@ -306,10 +395,10 @@ static rb_err transfer(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *
     local.iov_len = n - *done;
     remote.iov_base = (void *)(addr + *done);
     remote.iov_len = n - *done;
-    got = write ? process_vm_writev(p->pid, &local, 1, &remote, 1, 0)
-                : process_vm_readv(p->pid, &local, 1, &remote, 1, 0);
+    got = write ? process_vm_writev(p->tid, &local, 1, &remote, 1, 0)
+                : process_vm_readv(p->tid, &local, 1, &remote, 1, 0);
     if (got < 0) {
-      rb_err e = (rb_err)errno;
+      e = (rb_err)errno;
       return e == ESRCH || check_same(p) ? ESRCH : e;
     }
     if (got == 0)
@@ -486,8 +575,10 @@ rb_err rb_modules(rb_proc *p, rb_module *list, size_t cap, size_t *count) {
   struct { unsigned long long inode; unsigned major, minor; } exec[512];
   size_t nexec = 0;
   int pass;
+  if ((e = begin(p)))
+    return e;
   for (pass = 0; pass < 2; pass++) {
-    snprintf(path, sizeof path, "/proc/%d/maps", (int)p->pid);
+    snprintf(path, sizeof path, "/proc/%d/maps", (int)p->tid);
     if ((f = fopen(path, "re")) == NULL)
       return errno == ENOENT ? ESRCH : (rb_err)errno;
     while (fgets(line, sizeof line, f)) {
@@ -563,37 +654,112 @@ static alloc *find_alloc(rb_proc *p, uintptr_t addr) {
   return NULL;
 }
 
+/* The index of the first run of a that ends above page i. */
+static size_t run_at(const alloc *a, size_t i) {
+  size_t lo = 0, hi = a->nruns;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (a->runs[mid].hi <= i)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+static int committed_at(const alloc *a, size_t i) {
+  size_t k = run_at(a, i);
+  return k < a->nruns && a->runs[k].lo <= i;
+}
+
+/* The pages around page i in the same state: [*first, *last). */
+static void same_state(const alloc *a, size_t i, size_t *first, size_t *last) {
+  size_t k = run_at(a, i);
+  if (k < a->nruns && a->runs[k].lo <= i) {
+    *first = a->runs[k].lo;
+    *last = a->runs[k].hi;
+  } else {
+    *first = k > 0 ? a->runs[k - 1].hi : 0;
+    *last = k < a->nruns ? a->runs[k].lo : a->size / rb_page_size();
+  }
+}
+
+/* Room for the runs one state change may add, reserved before the change
+ * is made in the target: recording it can then no longer fail. */
+static rb_err reserve_runs(alloc *a) {
+  if (a->nruns + 2 > a->cap) {
+    size_t cap = a->cap ? a->cap * 2 : 4;
+    run *grown = (run *)realloc(a->runs, cap * sizeof *grown);
+    if (grown == NULL)
+      return ENOMEM;
+    a->runs = grown;
+    a->cap = cap;
+  }
+  return 0;
+}
+
+/* Records pages [lo, hi) as committed or not (room reserved: reserve_runs). */
+static void set_runs(alloc *a, size_t lo, size_t hi, int commit) {
+  /* the runs [k1, k2) overlap [lo, hi), or touch it when committing (merged) */
+  size_t k1 = run_at(a, commit && lo > 0 ? lo - 1 : lo), k2 = k1, n = 0;
+  run pieces[2];
+  while (k2 < a->nruns && (commit ? a->runs[k2].lo <= hi : a->runs[k2].lo < hi))
+    k2++;
+  if (commit) {
+    pieces[0].lo = k1 < k2 && a->runs[k1].lo < lo ? a->runs[k1].lo : lo;
+    pieces[0].hi = k1 < k2 && a->runs[k2 - 1].hi > hi ? a->runs[k2 - 1].hi : hi;
+    n = 1;
+  } else if (k1 < k2) {
+    if (a->runs[k1].lo < lo) {
+      pieces[n].lo = a->runs[k1].lo;
+      pieces[n++].hi = lo;
+    }
+    if (a->runs[k2 - 1].hi > hi) {
+      pieces[n].lo = hi;
+      pieces[n++].hi = a->runs[k2 - 1].hi;
+    }
+  }
+  memmove(a->runs + k1 + n, a->runs + k2, (a->nruns - k2) * sizeof *a->runs);
+  memcpy(a->runs + k1, pieces, n * sizeof *pieces);
+  a->nruns = a->nruns - (k2 - k1) + n;
+}
+
 static rb_err add_alloc(rb_proc *p, uintptr_t base, size_t size, unsigned long protect,
                         int committed) {
-  size_t pages = size / rb_page_size();
   alloc *a;
+  size_t at;
+  run *runs = NULL;
+  if (committed && (runs = (run *)malloc(4 * sizeof *runs)) == NULL)
+    return ENOMEM;
   if (p->nallocs == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 8;
     alloc *grown = (alloc *)realloc(p->allocs, cap * sizeof *grown);
-    if (grown == NULL)
+    if (grown == NULL) {
+      free(runs);
       return ENOMEM;
+    }
     p->allocs = grown;
     p->cap = cap;
   }
-  {
-    unsigned char *states = (unsigned char *)malloc(pages ? pages : 1);
-    size_t at = allocs_above(p, base);
-    if (states == NULL)
-      return ENOMEM;
-    memset(states, committed, pages);
-    a = &p->allocs[at];
-    memmove(a + 1, a, (p->nallocs - at) * sizeof *a);
-    a->committed = states;
-  }
+  at = allocs_above(p, base);
+  a = &p->allocs[at];
+  memmove(a + 1, a, (p->nallocs - at) * sizeof *a);
   a->base = base;
   a->size = size;
   a->protect = protect;
+  a->runs = runs;
+  a->cap = runs ? 4 : 0;
+  a->nruns = runs ? 1 : 0;
+  if (runs) {
+    runs[0].lo = 0;
+    runs[0].hi = size / rb_page_size();
+  }
   p->nallocs++;
   return 0;
 }
 
 static void drop_alloc(rb_proc *p, alloc *a) {
-  free(a->committed);
+  free(a->runs);
   memmove(a, a + 1, (size_t)(p->allocs + --p->nallocs - a) * sizeof *a);
 }
 
@@ -634,7 +800,9 @@ rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms
     return e;
   if (p->is_self)
     return EINVAL; /* the host cannot trace itself */
-  e = rb_inject_fn(p->pid, p->bits == 32, fn, arg, timeout_ms, result);
+  if ((e = begin(p)))
+    return e;
+  e = rb_inject_fn(p->pid, p->memfd, p->bits == 32, fn, arg, timeout_ms, result);
   return e && check_same(p) ? ESRCH : e;
 }
 
@@ -651,7 +819,9 @@ static rb_err run_calls(rb_proc *p, calls *cs) {
         c->ret = -errno;
     }
   } else {
-    e = rb_inject(p->pid, cs->is32, cs->c, cs->n);
+    if ((e = begin(p)))
+      return e;
+    e = rb_inject(p->pid, p->memfd, cs->is32, cs->c, cs->n);
     if (e)
       return e == ESRCH || check_same(p) ? ESRCH : e;
   }
@@ -668,7 +838,7 @@ static void init_calls(rb_proc *p, calls *cs) {
 
 static void set_state(alloc *a, uintptr_t lo, uintptr_t hi, int commit) {
   size_t ps = rb_page_size();
-  memset(a->committed + (lo - a->base) / ps, commit, (hi - lo) / ps);
+  set_runs(a, (lo - a->base) / ps, (hi - a->base) / ps, commit);
 }
 
 /* Commits the pages [lo, hi) of a with protection prot, run by run: new
@@ -681,10 +851,13 @@ static rb_err commit_range(rb_proc *p, alloc *a, uintptr_t lo, uintptr_t hi, int
   rb_err e;
   init_calls(p, &cs);
   while (i < end) {
-    size_t j = i;
-    int was = a->committed[i];
-    while (j < end && a->committed[j] == was)
-      j++;
+    size_t first, j;
+    int was = committed_at(a, i);
+    same_state(a, i, &first, &j);
+    if (j > end)
+      j = end;
+    if ((e = reserve_runs(a)))
+      return e;
     if (was)
       add_call(&cs, SC_MPROTECT, (long)(a->base + i * ps), (long)((j - i) * ps), prot, 0, 0);
     else
@@ -748,8 +921,12 @@ rb_err rb_alloc(rb_proc *p, uintptr_t addr, size_t size, unsigned long type,
       run_calls(p, &cs);
       return EEXIST;
     }
-    if ((e = add_alloc(p, lo, hi - down(addr), protect, commit)))
+    if ((e = add_alloc(p, lo, hi - down(addr), protect, commit))) {
+      init_calls(p, &cs); /* nothing may stay mapped that rmem cannot free */
+      add_call(&cs, SC_MUNMAP, (long)lo, (long)(hi - down(addr)), 0, 0, 0);
+      run_calls(p, &cs);
       return e;
+    }
     *out = lo;
     return 0;
   }
@@ -797,6 +974,8 @@ rb_err rb_free(rb_proc *p, uintptr_t addr, size_t size, unsigned long type) {
     }
     if (hi - a->base > a->size)
       return EINVAL;
+    if ((e = reserve_runs(a)))
+      return e;
     /* one new reserved mapping over the range, whatever its pages' states */
     add_call(&cs, SC_MMAP, (long)lo, (long)(hi - lo), PROT_NONE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1);
@@ -807,35 +986,41 @@ rb_err rb_free(rb_proc *p, uintptr_t addr, size_t size, unsigned long type) {
   }
 }
 
+static void query_in(rb_proc *p, const maps *ms, uintptr_t addr, rb_region *info);
+
 rb_err rb_protect(rb_proc *p, uintptr_t addr, size_t size, unsigned long protect,
                   unsigned long *old) {
   calls cs;
   int ok, prot = prot_of(protect, &ok);
-  uintptr_t lo = down(addr), hi = up(addr + size);
+  uintptr_t lo = down(addr), hi = up(addr + size), at;
   alloc *a = find_alloc(p, lo);
-  rb_region first;
+  rb_region r;
+  maps ms;
   rb_err e;
   if ((e = need(p, PROCESS_VM_OPERATION)))
     return e;
-  if (!ok || size == 0)
+  if (!ok || size == 0 || hi < lo)
     return EINVAL;
-  if ((e = rb_query(p, lo, &first)))
+  if (a != NULL && hi - a->base > a->size)
+    return EFAULT; /* one allocation at a time, as on Windows */
+  if ((e = begin(p)) || (e = read_maps(p->tid, &ms)))
     return e;
-  if (first.state != MEM_COMMIT)
-    return EFAULT; /* Windows: ERROR_INVALID_ADDRESS */
-  if (a != NULL) {
-    size_t i;
-    if (hi - a->base > a->size)
-      return EFAULT;
-    for (i = (lo - a->base) / rb_page_size(); i < (hi - a->base) / rb_page_size(); i++)
-      if (!a->committed[i])
-        return EFAULT;
+  /* All or nothing: every page committed before any changes (mprotect
+   * would change the pages before a hole and then fail). */
+  for (at = lo; at < hi; at = r.base + r.size) {
+    query_in(p, &ms, at, &r);
+    if (at == lo)
+      *old = r.protect;
+    if (r.state != MEM_COMMIT || r.base + r.size <= at)
+      break;
   }
+  free_maps(&ms);
+  if (at < hi)
+    return EFAULT; /* Windows: ERROR_INVALID_ADDRESS */
   init_calls(p, &cs);
   add_call(&cs, SC_MPROTECT, (long)lo, (long)(hi - lo), prot, 0, 0);
   if ((e = run_calls(p, &cs)))
     return e == ENOMEM ? EFAULT : e; /* ENOMEM: part of the range is unmapped */
-  *old = first.protect;
   return 0;
 }
 
@@ -873,17 +1058,13 @@ static void query_in(rb_proc *p, const maps *ms, uintptr_t addr, rb_region *info
   a = find_alloc(p, down(addr));
   if (a != NULL) {
     /* a run of pages of this allocation with the same state and protection */
-    size_t ps = rb_page_size(), i = (down(addr) - a->base) / ps, first = i, last = i + 1;
-    size_t pages = a->size / ps;
-    int state = a->committed[i];
+    size_t ps = rb_page_size(), i = (down(addr) - a->base) / ps, first, last;
+    int state = committed_at(a, i);
     unsigned long prot = hit ? protect_of(hit->perms) : PAGE_NOACCESS;
     uintptr_t mlo = hit ? hit->lo : 0, mhi = hit ? hit->hi : rb_user_end();
-    while (first > 0 && a->committed[first - 1] == state && a->base + (first - 1) * ps >= mlo)
-      first--;
-    while (last < pages && a->committed[last] == state && a->base + last * ps < mhi)
-      last++;
-    info->base = a->base + first * ps;
-    info->size = (last - first) * ps;
+    same_state(a, i, &first, &last);
+    info->base = a->base + first * ps > mlo ? a->base + first * ps : mlo;
+    info->size = (a->base + last * ps < mhi ? a->base + last * ps : mhi) - info->base;
     info->allocation_base = a->base;
     info->allocation_protect = a->protect;
     info->state = state ? MEM_COMMIT : MEM_RESERVE;
@@ -922,7 +1103,7 @@ rb_err rb_regions(rb_proc *p, uintptr_t addr, rb_region *list, size_t cap, size_
   maps ms;
   rb_err e;
   size_t n = 0;
-  if ((e = read_maps(p->pid, &ms)))
+  if ((e = begin(p)) || (e = read_maps(p->tid, &ms)))
     return e;
   if ((e = check_same(p))) {
     free_maps(&ms);

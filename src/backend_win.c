@@ -77,6 +77,18 @@ void rb_close(rb_proc *p) {
 
 unsigned long rb_pid(const rb_proc *p) { return p->pid; }
 
+/* A WOW64 process has 64-bit memory above 4 GiB too: no limit here. */
+uintptr_t rb_addr_end(const rb_proc *p) {
+  (void)p;
+  return 0;
+}
+
+/* A Windows process never changes its program. */
+int rb_replaced(const rb_proc *p) {
+  (void)p;
+  return 0;
+}
+
 int rb_bits(const rb_proc *p) {
   BOOL target_wow = FALSE;
   if (!IsWow64Process(p->h, &target_wow))

@@ -67,6 +67,21 @@ static size_t check_size(lua_State *L, int arg, uintptr_t address) {
   return (size_t)size;
 }
 
+/* [address, address + size) at args arg, arg + 1 must lie where p can
+ * address: a 32-bit process's calls would truncate anything above 4 GiB
+ * and act on another address. */
+static void check_reach(lua_State *L, rb_proc *p, int arg, uintptr_t address, size_t size) {
+  uintptr_t end = rb_addr_end(p);
+  if (end == 0)
+    return;
+  if (address >= end)
+    luaL_argerror(L, arg, lua_pushfstring(L, "address beyond the %d-bit process's address space",
+                                          rb_bits(p)));
+  if (size > end - address)
+    luaL_argerror(L, arg + 1, lua_pushfstring(L, "range beyond the %d-bit process's address space",
+                                              rb_bits(p)));
+}
+
 /* A 32-bit flag, protection or access mask. */
 static unsigned long check_mask(lua_State *L, int arg) {
   lua_Integer v = luaL_checkinteger(L, arg);
@@ -177,6 +192,12 @@ static int h_exit_code(lua_State *L) {
   return 1;
 }
 
+/* h:replaced() -> true once another program replaced the one opened */
+static int h_replaced(lua_State *L) {
+  lua_pushboolean(L, rb_replaced(check_proc(L)));
+  return 1;
+}
+
 /* h:alloc(address_or_nil, size, alloc_type, protect) -> address */
 static int h_alloc(lua_State *L) {
   rb_proc *p = check_proc(L);
@@ -184,7 +205,9 @@ static int h_alloc(lua_State *L) {
   size_t size = check_size(L, 3, addr);
   unsigned long type = check_mask(L, 4), prot = check_mask(L, 5);
   uintptr_t out;
-  rb_err e = rb_alloc(p, addr, size, type, prot, &out);
+  rb_err e;
+  check_reach(L, p, 2, addr, size);
+  e = rb_alloc(p, addr, size, type, prot, &out);
   if (e)
     return os_fail(L, "alloc", e);
   lua_pushinteger(L, (lua_Integer)out);
@@ -195,7 +218,9 @@ static int h_alloc(lua_State *L) {
 static int free_range(lua_State *L, const char *op, rb_proc *p, unsigned long type) {
   uintptr_t addr = check_address(L, 2);
   size_t size = check_size(L, 3, addr);
-  rb_err e = rb_free(p, addr, size, type);
+  rb_err e;
+  check_reach(L, p, 2, addr, size);
+  e = rb_free(p, addr, size, type);
   if (e)
     return os_fail(L, op, e);
   lua_pushboolean(L, 1);
@@ -218,7 +243,9 @@ static int h_protect(lua_State *L) {
   uintptr_t addr = check_address(L, 2);
   size_t size = check_size(L, 3, addr);
   unsigned long old;
-  rb_err e = rb_protect(p, addr, size, check_mask(L, 4), &old);
+  rb_err e;
+  check_reach(L, p, 2, addr, size);
+  e = rb_protect(p, addr, size, check_mask(L, 4), &old);
   if (e)
     return os_fail(L, "protect", e);
   lua_pushinteger(L, (lua_Integer)old);
@@ -300,6 +327,7 @@ static int h_read(lua_State *L) {
   uintptr_t addr = check_address(L, 2);
   size_t n = check_size(L, 3, addr), done = 0;
   rb_err e;
+  check_reach(L, p, 2, addr, n);
   if (n > SCRATCH_MAX) { /* straight into a Lua buffer: no large buffer kept */
     luaL_Buffer b;
     char *buf = luaL_buffinitsize(L, &b, n);
@@ -332,6 +360,7 @@ static int h_write(lua_State *L) {
   rb_err e;
   if (n > UINTPTR_MAX - addr || n > (lua_Unsigned)LUA_MAXINTEGER - addr)
     return luaL_argerror(L, 3, "range wraps past the end of the address space");
+  check_reach(L, p, 2, addr, n);
   e = n ? rb_write(p, addr, s, n, &done) : 0;
   if (e) {
     os_fail(L, "write", e);
@@ -350,6 +379,9 @@ static int h_call(lua_State *L) {
   uintptr_t result = 0;
   rb_err e;
   luaL_argcheck(L, timeout >= 0 && timeout <= 0x7FFFFFFF, 4, "timeout out of range");
+  check_reach(L, p, 2, fn, 0);
+  luaL_argcheck(L, rb_addr_end(p) == 0 || arg < rb_addr_end(p), 3,
+                "arg beyond the 32-bit process's reach");
   if ((e = rb_call(p, fn, arg, (unsigned long)timeout, &result)))
     return os_fail(L, "call", e);
   lua_pushinteger(L, (lua_Integer)result);
@@ -533,6 +565,7 @@ static int h_find(lua_State *L) {
   rb_err e;
   check_pattern(L, 4, &pat);
   luaL_argcheck(L, n <= SCRATCH_MAX, 3, "at most 2 MiB at a time");
+  check_reach(L, p, 2, addr, n);
   if (!grow_scratch(h, n))
     return luaL_error(L, "not enough memory");
   if ((e = n ? rb_read(p, addr, h->scratch, n, &done) : 0))
@@ -613,6 +646,7 @@ static const luaL_Reg methods[] = {
   {"write", h_write},
   {"is_alive", h_is_alive},
   {"exit_code", h_exit_code},
+  {"replaced", h_replaced},
   {"modules", h_modules},
   {"call", h_call},
   {"pid", h_pid},

@@ -37,6 +37,7 @@
 
 typedef struct session {
   pid_t pid, tid;
+  int memfd; /* the address space the caller opened (-1: not checked) */
   int is32, syscall_step;
   uintptr_t gadget;
   struct user_regs_struct saved;
@@ -48,14 +49,16 @@ typedef struct session {
 
 /* ---- before the fork: where and in which thread ---------------------------- */
 
-/* The address of the instruction bytes insn[0..len) in the target's vDSO. */
-static rb_err find_in_vdso(pid_t pid, const unsigned char *insn, size_t len, uintptr_t *out) {
+/* The address of the instruction bytes insn[0..len) in the vDSO of thread
+ * tid of process pid. */
+static rb_err find_in_vdso(pid_t pid, pid_t tid, const unsigned char *insn, size_t len,
+                           uintptr_t *out) {
   char path[64], line[512];
   unsigned char code[16384];
   FILE *f;
   unsigned long lo = 0, hi = 0;
   int found = 0, lines = 0;
-  snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+  snprintf(path, sizeof path, "/proc/%d/task/%d/maps", (int)pid, (int)tid);
   if ((f = fopen(path, "re")) == NULL)
     return errno == ENOENT ? ESRCH : (rb_err)errno;
   while (!found && fgets(line, sizeof line, f)) {
@@ -73,7 +76,7 @@ static rb_err find_in_vdso(pid_t pid, const unsigned char *insn, size_t len, uin
     local.iov_len = n;
     remote.iov_base = (void *)lo;
     remote.iov_len = n;
-    got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    got = process_vm_readv(tid, &local, 1, &remote, 1, 0);
     if (got > 0) {
       unsigned char *at = (unsigned char *)memmem(code, (size_t)got, insn, len);
       if (at) {
@@ -86,31 +89,63 @@ static rb_err find_in_vdso(pid_t pid, const unsigned char *insn, size_t len, uin
 }
 
 /* A `syscall` (or, 32-bit, `int $0x80`) instruction in the target. */
-static rb_err find_gadget(pid_t pid, int is32, uintptr_t *out) {
+static rb_err find_gadget(pid_t pid, pid_t tid, int is32, uintptr_t *out) {
   const unsigned char insn[2] = {is32 ? 0xcd : 0x0f, is32 ? 0x80 : 0x05};
-  return find_in_vdso(pid, insn, sizeof insn, out);
+  return find_in_vdso(pid, tid, insn, sizeof insn, out);
 }
 
-/* A thread to borrow: one blocked in a call the kernel restarts by itself
- * after the session, else the main thread. */
+/* Calls that fail with EINTR when a stop interrupts them, even with no
+ * signal handler (signal(7)), and that are safe to issue again: the
+ * session re-issues them (restart_eintr). */
+static const long eintr64[] = {232 /* epoll_wait */, 281 /* epoll_pwait */,
+                               441 /* epoll_pwait2 */, 128 /* rt_sigtimedwait */,
+                               65 /* semop */, 220 /* semtimedop */, -2};
+static const long eintr32[] = {256, 319, 441, 177, 421 /* rt_sigtimedwait_time64 */,
+                               420 /* semtimedop_time64 */, -2};
+
+static int listed(const long *list, long nr) {
+  int i;
+  for (i = 0; list[i] != -2; i++)
+    if (list[i] == nr)
+      return 1;
+  return 0;
+}
+
+/* A thread to borrow, the most harmless first: one blocked in a call the
+ * kernel restarts by itself after the session, then one running (no call
+ * to interrupt), then one blocked elsewhere, then one in a call that sees
+ * EINTR (re-issued, but its timeout starts again). Never an exited thread
+ * (a main thread that has exited stays listed while others run). 0: none. */
 static pid_t choose_thread(pid_t pid, int is32) {
   static const long restart64[] = {0 /* read */, 7 /* poll */, 23 /* select */,
                                    34 /* pause */, 35 /* nanosleep */, 61 /* wait4 */,
                                    202 /* futex */, 230 /* clock_nanosleep */, -2};
   static const long restart32[] = {3, 168, 142, 29, 162, 114, 240, 267, -2};
-  const long *ok = is32 ? restart32 : restart64;
-  char path[64], buf[256];
+  char path[64], buf[1024];
   DIR *d;
   struct dirent *ent;
-  pid_t chosen = pid;
+  pid_t chosen = 0;
+  int best = -1;
   snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
   if ((d = opendir(path)) == NULL)
-    return pid;
-  while ((ent = readdir(d)) != NULL) {
+    return 0;
+  while (best < 3 && (ent = readdir(d)) != NULL) {
     long tid = strtol(ent->d_name, NULL, 10), nr;
-    int fd, i;
+    const char *state;
+    int fd, rank;
     ssize_t got;
-    if (tid <= 0)
+    if (tid <= 0 || tid > 0x7fffffffL)
+      continue;
+    snprintf(path, sizeof path, "/proc/%d/task/%ld/stat", (int)pid, tid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+      continue;
+    got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (got <= 0)
+      continue;
+    buf[got] = '\0';
+    state = strrchr(buf, ')');
+    if (state == NULL || state[1] == '\0' || state[2] == 'Z' || state[2] == 'X')
       continue;
     snprintf(path, sizeof path, "/proc/%d/task/%ld/syscall", (int)pid, tid);
     if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
@@ -120,16 +155,18 @@ static pid_t choose_thread(pid_t pid, int is32) {
     if (got <= 0)
       continue;
     buf[got] = '\0';
-    if (strncmp(buf, "running", 7) == 0)
-      continue;
     nr = strtol(buf, NULL, 10);
-    for (i = 0; ok[i] != -2; i++)
-      if (ok[i] == nr) {
-        chosen = (pid_t)tid;
-        goto done;
-      }
+    if (strncmp(buf, "running", 7) == 0)
+      rank = 2;
+    else if (listed(is32 ? restart32 : restart64, nr))
+      rank = 3;
+    else
+      rank = listed(is32 ? eintr32 : eintr64, nr) ? 0 : 1;
+    if (rank > best) {
+      best = rank;
+      chosen = (pid_t)tid;
+    }
   }
-done:
   closedir(d);
   return chosen;
 }
@@ -178,8 +215,23 @@ static void keep_signal(session *s) {
     s->nkept++;
 }
 
+/* Our interrupt made a call like epoll_wait or sigtimedwait fail with
+ * EINTR, which the kernel never restarts: point the thread back at its
+ * system call instruction with the call's number, so that it issues the
+ * call again when it resumes, as the kernel does for restartable calls. */
+static void restart_eintr(session *s) {
+  long nr = (long)s->saved.orig_rax;
+  long ret = s->is32 ? (long)(int32_t)s->saved.rax : (long)s->saved.rax;
+  if (nr >= 0 && ret == -EINTR && listed(s->is32 ? eintr32 : eintr64, nr)) {
+    s->saved.rax = s->saved.orig_rax;
+    s->saved.rip -= 2; /* syscall, int $0x80 (and sysenter's landing pad) */
+    s->regs_dirty = 1;
+  }
+}
+
 static rb_err attach(session *s) {
   int st;
+  char c;
   rb_err e;
   uint64_t all_but_trap = ~(1ULL << (SIGTRAP - 1));
   if (ptrace(PTRACE_SEIZE, s->tid, 0, (void *)(long)PTRACE_O_TRACESYSGOOD))
@@ -193,8 +245,15 @@ static rb_err attach(session *s) {
     keep_signal(s);
   if (ptrace(PTRACE_GETREGS, s->tid, 0, &s->saved))
     return (rb_err)errno;
+  /* Stopped now: if the process exited or exec'd since the caller's check,
+   * this thread may not be in the address space meant (see mm_alive in
+   * backend_linux.c). */
+  if (s->memfd >= 0 && pread(s->memfd, &c, 1, 0) == 0)
+    return ESRCH;
   if (s->is32 != (s->saved.cs == 0x23))
     return EPROTO; /* the ELF class and the thread's mode disagree */
+  if ((st >> 16) == PTRACE_EVENT_STOP)
+    restart_eintr(s);
   /* Signals stay queued in the kernel for the session instead of stopping it. */
   if (ptrace(PTRACE_GETSIGMASK, s->tid, (void *)sizeof(uint64_t), &s->saved_mask) == 0 &&
       ptrace(PTRACE_SETSIGMASK, s->tid, (void *)sizeof(uint64_t), &all_but_trap) == 0)
@@ -450,7 +509,6 @@ static rb_err run_job(job *j) {
   pid_t child;
   rb_err e;
   int st, report[2];
-  j->s.tid = choose_thread(j->s.pid, j->s.is32);
   if ((e = thread_status(j->s.tid, &j->s.syscall_step)))
     return e;
   /* (64 calls' results fit in the pipe's buffer: the helper never blocks) */
@@ -479,31 +537,39 @@ static rb_err run_job(job *j) {
   return e ? e : j->err;
 }
 
-rb_err rb_inject(pid_t pid, int is32, rb_inject_call *calls, int n) {
+/* A job on process pid, with its thread chosen. */
+static rb_err new_job(job *j, pid_t pid, int memfd, int is32) {
+  memset(j, 0, sizeof *j);
+  j->s.pid = pid;
+  j->s.memfd = memfd;
+  j->s.is32 = is32;
+  j->s.tid = choose_thread(pid, is32);
+  return j->s.tid == 0 ? ESRCH : 0;
+}
+
+rb_err rb_inject(pid_t pid, int memfd, int is32, rb_inject_call *calls, int n) {
   job j;
   rb_err e;
-  memset(&j, 0, sizeof j);
-  j.s.pid = pid;
-  j.s.is32 = is32;
+  if ((e = new_job(&j, pid, memfd, is32)))
+    return e;
   j.calls = calls;
   j.n = n;
-  if ((e = find_gadget(pid, is32, &j.s.gadget)) || (e = run_job(&j)))
+  if ((e = find_gadget(pid, j.s.tid, is32, &j.s.gadget)) || (e = run_job(&j)))
     return e;
   return j.ran == 0 && n > 0 ? EPROTO : 0;
 }
 
-rb_err rb_inject_fn(pid_t pid, int is32, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
-                    uintptr_t *result) {
+rb_err rb_inject_fn(pid_t pid, int memfd, int is32, uintptr_t fn, uintptr_t arg,
+                    unsigned long timeout_ms, uintptr_t *result) {
   static const unsigned char int3 = 0xCC;
   job j;
   rb_err e;
-  memset(&j, 0, sizeof j);
-  j.s.pid = pid;
-  j.s.is32 = is32;
+  if ((e = new_job(&j, pid, memfd, is32)))
+    return e;
   j.fn = fn;
   j.arg = arg;
   j.timeout_ms = timeout_ms;
-  if ((e = find_in_vdso(pid, &int3, 1, &j.trap)) || (e = run_job(&j)))
+  if ((e = find_in_vdso(pid, j.s.tid, &int3, 1, &j.trap)) || (e = run_job(&j)))
     return e;
   *result = j.result;
   return 0;

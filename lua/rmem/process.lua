@@ -51,7 +51,10 @@ end
 local function refine_hint(p, e)
   -- Any failure may really be the target having gone: say so when it has.
   local h = p._h
-  if h and h:is_alive() == false then
+  if h and h:replaced() then
+    e.hint = "the process replaced its program (exec): this handle and its regions refer to "
+      .. "the old one; rmem.open(pid) opens the new program"
+  elseif h and h:is_alive() == false then
     e.hint = ("the process has exited (exit code %s)"):format(tostring(h:exit_code()))
   elseif e.name == "EPERM" then
     e.hint = ptrace_cause(p.pid) or e.hint
