@@ -99,9 +99,10 @@ static rb_err find_gadget(pid_t pid, pid_t tid, int is32, uintptr_t *out) {
  * session re-issues them (restart_eintr). */
 static const long eintr64[] = {232 /* epoll_wait */, 281 /* epoll_pwait */,
                                441 /* epoll_pwait2 */, 128 /* rt_sigtimedwait */,
-                               65 /* semop */, 220 /* semtimedop */, -2};
+                               65 /* semop */, 220 /* semtimedop */,
+                               45 /* recvfrom */, 47 /* recvmsg: with a timeout */, -2};
 static const long eintr32[] = {256, 319, 441, 177, 421 /* rt_sigtimedwait_time64 */,
-                               420 /* semtimedop_time64 */, -2};
+                               420 /* semtimedop_time64 */, 371, 372, -2};
 
 static int listed(const long *list, long nr) {
   int i;
