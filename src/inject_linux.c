@@ -112,6 +112,22 @@ static int listed(const long *list, long nr) {
   return 0;
 }
 
+/* /proc/PID/task/TID/<what> into buf, NUL-terminated: 0, or -1. */
+static int read_task_file(pid_t pid, long tid, const char *what, char *buf, size_t n) {
+  char path[64];
+  int fd;
+  ssize_t got;
+  snprintf(path, sizeof path, "/proc/%d/task/%ld/%s", (int)pid, tid, what);
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    return -1;
+  got = read(fd, buf, n - 1);
+  close(fd);
+  if (got <= 0)
+    return -1;
+  buf[got] = '\0';
+  return 0;
+}
+
 /* A thread to borrow, the most harmless first: one blocked in a call the
  * kernel restarts by itself after the session, then one running (no call
  * to interrupt), then one blocked elsewhere, then one in a call that sees
@@ -133,29 +149,13 @@ static pid_t choose_thread(pid_t pid, int is32) {
   while (best < 3 && (ent = readdir(d)) != NULL) {
     long tid = strtol(ent->d_name, NULL, 10), nr;
     const char *state;
-    int fd, rank;
-    ssize_t got;
-    if (tid <= 0 || tid > 0x7fffffffL)
+    int rank;
+    if (tid <= 0 || tid > 0x7fffffffL || read_task_file(pid, tid, "stat", buf, sizeof buf))
       continue;
-    snprintf(path, sizeof path, "/proc/%d/task/%ld/stat", (int)pid, tid);
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-      continue;
-    got = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (got <= 0)
-      continue;
-    buf[got] = '\0';
     state = strrchr(buf, ')');
-    if (state == NULL || state[1] == '\0' || state[2] == 'Z' || state[2] == 'X')
+    if (state == NULL || state[1] == '\0' || state[2] == 'Z' || state[2] == 'X' ||
+        read_task_file(pid, tid, "syscall", buf, sizeof buf))
       continue;
-    snprintf(path, sizeof path, "/proc/%d/task/%ld/syscall", (int)pid, tid);
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-      continue;
-    got = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (got <= 0)
-      continue;
-    buf[got] = '\0';
     nr = strtol(buf, NULL, 10);
     if (strncmp(buf, "running", 7) == 0)
       rank = 2;
@@ -427,18 +427,11 @@ static rb_err run_fn(job *j) {
 
 /* The CPU the thread last ran on, or -1. */
 static int last_cpu(pid_t pid, pid_t tid) {
-  char path[64], buf[1024];
+  char buf[1024];
   const char *f;
-  int fd, i;
-  ssize_t got;
-  snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+  int i;
+  if (read_task_file(pid, tid, "stat", buf, sizeof buf))
     return -1;
-  got = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (got <= 0)
-    return -1;
-  buf[got] = '\0';
   /* field 39, counted after the command name's closing parenthesis (field 2) */
   if ((f = strrchr(buf, ')')) == NULL)
     return -1;
