@@ -37,18 +37,36 @@ local function refused(fn, ...)
   return e
 end
 
---- A target started on pid: the kernel hands out ns_last_pid + 1 next
--- (as root). Other processes may take it first: then try again.
-local function start_on_pid(pid)
-  for _ = 1, 50 do
-    local f = assert(io.open("/proc/sys/kernel/ns_last_pid", "w"))
-    f:write(tostring(pid - 1))
-    f:close()
-    local t = helpers.start_target()
-    if t.pid == pid then return t end
-    t:stop()
+--- A target that has exited, its handle and a region of that handle, and
+-- a new target on the same pid: as root, writing ns_last_pid makes the
+-- kernel hand out that pid next. Other processes may take it first: then
+-- try again, with another pid.
+local function reused_pid()
+  for _ = 1, 20 do
+    local t1 = helpers.start_target()
+    local pid = t1.pid
+    local old = rmem.open(pid)
+    local r1 = old:alloc(PAGE)
+    t1:stop()
+    t1 = nil -- luacheck: ignore
+    collectgarbage()
+    collectgarbage() -- testproc reaps it: its pid is free again
+    for _ = 1, 5 do
+      local f = assert(io.open("/proc/sys/kernel/ns_last_pid", "w"))
+      f:write(tostring(pid - 1))
+      f:close()
+      local t2 = helpers.start_target()
+      if t2.pid == pid then return old, r1, t2 end
+      t2:stop()
+      local taken = io.open("/proc/" .. pid .. "/stat") -- by another process
+      if taken then
+        taken:close()
+        break
+      end
+    end
+    old:close()
   end
-  error("the kernel did not reuse pid " .. pid)
+  error("the kernel did not reuse a pid")
 end
 
 --- Every operation that acts on the process, on p, at address a.
@@ -70,15 +88,8 @@ end
 describe("Linux hardening", function()
   linux_it("a handle whose process exited never acts on the process that got its pid", function()
     assert.equal("0", io.popen("id -u"):read("l"), "this spec drives pid reuse as root")
-    local t1 = helpers.start_target()
-    local pid = t1.pid
-    local old <close> = rmem.open(pid)
-    local r1 = old:alloc(PAGE)
-    t1:stop()
-    t1 = nil -- luacheck: ignore
-    collectgarbage()
-    collectgarbage() -- testproc reaps it: its pid is free again
-    local t2 = start_on_pid(pid)
+    local old, r1, t2 = reused_pid()
+    local pid = t2.pid
     -- idle: its stdin buffer allocated, blocked in read(2)
     wait_for("the new target to idle", function() return blocked_in(pid) == 0 end)
     local new <close> = rmem.open(pid)
@@ -100,6 +111,7 @@ describe("Linux hardening", function()
     assert.equal("rw", info.protect)
     assert.equal(mapped, helpers.mapped_count(new))
     r2:free()
+    old:close()
     t2:stop()
   end)
 
@@ -279,7 +291,7 @@ describe("Linux hardening", function()
       seed = (seed * 1103515245 + 12345) % 2147483648
       return seed % n
     end
-    for _ = 1, 40 do
+    for _ = 1, 150 do
       local first, count = rand(N), 1 + rand(6)
       if first + count > N then count = N - first end
       local commit = rand(2) == 0
