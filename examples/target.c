@@ -133,9 +133,11 @@ static void *sleeper(void *arg) {
 void *volatile chain_root, *volatile decoy_root;
 
 /* Heap blocks at addresses that differ from run to run: a random number of
- * random-sized blocks first, the chain's among decoys that point near it. */
+ * random-sized blocks first. B lies at a random place in a block of its own
+ * (2 MiB: a mapping of its own under glibc and Wine), so that no pointer of
+ * the allocator's lands within a scan's reach below the value. */
 static int build_chain(void) {
-  char *a, *b, *decoy, *near_b;
+  char *a, *big, *b, *decoy;
   int i, n;
   srand((unsigned)getpid() ^ (unsigned)time(NULL));
   n = 1 + rand() % 64;
@@ -143,20 +145,17 @@ static int build_chain(void) {
     if (malloc((size_t)(16 + rand() % 4096)) == NULL)
       return 0;
   a = (char *)calloc(1, 0x100);
-  /* a gap wider than a pointer scan's reach: A +0x120 is no shortcut to B */
-  if (malloc((size_t)(0x2000 + rand() % 0x8000)) == NULL)
-    return 0;
-  b = (char *)calloc(1, 0x40);
+  big = (char *)calloc(1, (size_t)2 << 20);
   decoy = (char *)calloc(1, 0x100);
-  if (a == NULL || b == NULL || decoy == NULL)
+  if (a == NULL || big == NULL || decoy == NULL)
     return 0;
+  b = big + 0x400 + 8 * (rand() % 128);
   memcpy(a + 0x48, &b, sizeof b);
   /* two halves, so that the value is in neither the code nor the stack */
   ((volatile unsigned *)(b + 0x10))[0] = 0x00C0FFEEu;
   ((volatile unsigned *)(b + 0x10))[1] = 0x5EED5EEDu;
-  near_b = b - 8 * (1 + rand() % 256);
-  memcpy(decoy + 0x8, &b, sizeof b);     /* reaches B, but from no static */
-  memcpy(decoy + 0x10, &near_b, sizeof near_b); /* a chain that holds in one run */
+  memcpy(decoy + 0x8, &b, sizeof b);      /* a second chain, as stable */
+  memcpy(decoy + 0x10, &big, sizeof big); /* a chain that holds in one run */
   memcpy(decoy + 0x20, &decoy, sizeof decoy);
   chain_root = a;
   decoy_root = decoy;
