@@ -553,41 +553,49 @@ static int core_find(lua_State *L) {
   return push_matches(L, &pat, data, n, base, 5);
 }
 
+/* The chunk [address, address + n) of arguments 2 and 3 (at most 2 MiB),
+ * read into the handle's buffer with no string in between: the bytes, or
+ * NULL and the error in *e. */
+static const unsigned char *read_chunk(lua_State *L, uintptr_t *addr, size_t *n, rb_err *e) {
+  rb_proc *p = check_proc(L);
+  lhandle *h = (lhandle *)lua_touserdata(L, 1);
+  size_t done;
+  *addr = check_address(L, 2);
+  *n = check_size(L, 3, *addr);
+  luaL_argcheck(L, *n <= SCRATCH_MAX, 3, "at most 2 MiB at a time");
+  check_reach(L, p, 2, *addr, *n);
+  if (!grow_scratch(h, *n))
+    luaL_error(L, "not enough memory");
+  *e = *n ? rb_read(p, *addr, h->scratch, *n, &done) : 0;
+  return *e ? NULL : (const unsigned char *)h->scratch;
+}
+
 /* h:find(address, n, bytes, mask [, align [, overlapping [, limit]]]): reads
  * [address, address + n) into the handle's buffer and returns core.find's
  * list for it, with no string in between; a failed read: nil, msg, code. */
 static int h_find(lua_State *L) {
-  rb_proc *p = check_proc(L);
-  lhandle *h = (lhandle *)lua_touserdata(L, 1);
-  uintptr_t addr = check_address(L, 2);
-  size_t n = check_size(L, 3, addr), done;
   rm_pattern pat;
+  uintptr_t addr;
+  size_t n;
   rb_err e;
+  const unsigned char *data;
   check_pattern(L, 4, &pat);
-  luaL_argcheck(L, n <= SCRATCH_MAX, 3, "at most 2 MiB at a time");
-  check_reach(L, p, 2, addr, n);
-  if (!grow_scratch(h, n))
-    return luaL_error(L, "not enough memory");
-  if ((e = n ? rb_read(p, addr, h->scratch, n, &done) : 0))
+  if ((data = read_chunk(L, &addr, &n, &e)) == NULL)
     return os_fail(L, "read", e);
-  return push_matches(L, &pat, (const unsigned char *)h->scratch, n, (lua_Integer)addr, 6);
+  return push_matches(L, &pat, data, n, (lua_Integer)addr, 6);
 }
 
 /* h:pointers(address, n, map): reads [address, address + n) into the
  * handle's buffer and adds the pointers in it to the pointer map; returns
  * how many, or nil, msg, code when the read fails. */
 static int h_pointers(lua_State *L) {
-  rb_proc *p = check_proc(L);
-  lhandle *h = (lhandle *)lua_touserdata(L, 1);
-  uintptr_t addr = check_address(L, 2);
-  size_t n = check_size(L, 3, addr), done;
+  uintptr_t addr;
+  size_t n;
   rb_err e;
-  luaL_argcheck(L, n <= SCRATCH_MAX, 3, "at most 2 MiB at a time");
-  if (!grow_scratch(h, n))
-    return luaL_error(L, "not enough memory");
-  if ((e = n ? rb_read(p, addr, h->scratch, n, &done) : 0))
+  const unsigned char *data = read_chunk(L, &addr, &n, &e);
+  if (data == NULL)
     return os_fail(L, "read", e);
-  lua_pushinteger(L, rm_ptrmap_collect(L, 4, (const unsigned char *)h->scratch, n, addr));
+  lua_pushinteger(L, rm_ptrmap_collect(L, 4, data, n, addr));
   return 1;
 }
 
