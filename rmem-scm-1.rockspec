@@ -52,6 +52,7 @@ local function make_platform(plat)
       ["rmem.ptrscan"] = "lua/rmem/ptrscan.lua",
       ["rmem.remote"] = "lua/rmem/remote.lua",
       ["rmem.repl"] = "lua/rmem/repl.lua",
+      ["rmem.func"] = "lua/rmem/func.lua",
       ["rmem.scan"] = "lua/rmem/scan.lua",
       ["rmem.tools"] = "lua/rmem/tools.lua",
       ["rmem.typed"] = "lua/rmem/typed.lua",
