@@ -176,13 +176,8 @@ end
 local raw_call -- Process.call as process.lua defines it (one thread, one argument)
 local guard
 
---- Runs fn(args...) in the process through a stub in one scratch
--- allocation, freed afterwards whatever happens. o: timeout, after (a
--- function called after fn, whose result is returned too), op, float_ret
--- (32-bit: fn returns in st0), finish(block) (decodes the call block
--- before the memory is freed; by default fn's and after()'s integer
--- results), safe = false (Windows: no exception handler: used to install it).
-local function invoke(p, fn, args, o)
+--- invoke's work, in the process (invoke gives its errors the user's op).
+local function run(p, fn, args, o)
   local bits = p.bits
   local veh = windows and bits == 64 and o.safe ~= false and guard(p) or nil
   local values, strings, offset = {}, {}, 0
@@ -221,11 +216,23 @@ local function invoke(p, fn, args, o)
   end)
   -- freed also when the call failed; a target that exited frees it anyway
   local freed, ferr = pcall(scratch.free, scratch)
-  if not ok then
+  if not ok then error(result, 0) end
+  if not freed then error(ferr, 0) end
+  return result, extra
+end
+
+--- Runs fn(args...) in the process through a stub in one scratch
+-- allocation, freed afterwards whatever happens. o: timeout, after (a
+-- function called after fn, whose result is returned too), op, float_ret
+-- (32-bit: fn returns in st0), finish(block) (decodes the call block
+-- before the memory is freed; by default fn's and after()'s integer
+-- results), safe = false (Windows: no exception handler: used to install it).
+local function invoke(p, fn, args, o)
+  local ok, result, extra = pcall(run, p, fn, args, o)
+  if not ok then -- whatever step failed, the error is the user's call's
     if Error.is_error(result) then result.op = o.op end
     error(result, 0)
   end
-  if not freed then error(ferr, 0) end
   return result, extra
 end
 remote.invoke = invoke
