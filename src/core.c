@@ -342,7 +342,9 @@ static int h_write(lua_State *L) {
   return 1;
 }
 
-/* h:call(fn [, arg [, timeout_ms]]) -> fn's result */
+/* h:call(fn [, arg [, timeout_ms]]) -> fn's result; on failure nil, msg,
+ * code and what the backend left in the result (Linux EFAULT: the address
+ * that faulted) */
 static int h_call(lua_State *L) {
   rb_proc *p = check_proc(L);
   uintptr_t fn = check_address(L, 2), arg = lua_isnoneornil(L, 3) ? 0 : check_address(L, 3);
@@ -350,8 +352,11 @@ static int h_call(lua_State *L) {
   uintptr_t result = 0;
   rb_err e;
   luaL_argcheck(L, timeout >= 0 && timeout <= 0x7FFFFFFF, 4, "timeout out of range");
-  if ((e = rb_call(p, fn, arg, (unsigned long)timeout, &result)))
-    return os_fail(L, "call", e);
+  if ((e = rb_call(p, fn, arg, (unsigned long)timeout, &result))) {
+    os_fail(L, "call", e);
+    lua_pushinteger(L, (lua_Integer)result);
+    return 4;
+  }
   lua_pushinteger(L, (lua_Integer)result);
   return 1;
 }
