@@ -162,6 +162,21 @@ describe("a remote call that faults", function()
     t:stop()
   end)
 
+  helpers.win_it("each handle has its own handler, also in a TLS expansion slot (beyond 64)", function()
+    local p <close>, t, export = open()
+    local tls_alloc = p:proc_address("kernel32.dll", "TlsAlloc")
+    local last
+    for _ = 1, 70 do last = p:call(tls_alloc) end
+    assert.is_true(last >= 64 and last < 1088)
+    local q <close> = rmem.open(t.pid, ACCESS) -- its handler takes the next slot
+    local store = q:func(export("rmem_test_store"), "void", { "ptr", "i32" })
+    assert.equal(16, helpers.error_of(store, 16, 1).address)
+    assert.equal(24, helpers.error_of(p:func(export("rmem_test_store"), "void", { "ptr", "i32" }), 24, 1).address)
+    answers(q, export)
+    answers(p, export)
+    t:stop()
+  end)
+
   helpers.win_it("the handler passes other threads' exceptions on to the target's own handlers", function()
     local p <close>, t, export = open()
     answers(p, export) -- installs rmem's handler, the first in the chain
