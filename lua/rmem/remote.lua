@@ -273,8 +273,15 @@ local proc_address
 -- AddVectoredExceptionHandler(first, handler). Undone if a step fails.
 function guard(p)
   if p._veh then return p._veh end
-  local k32 = "kernel32.dll"
-  local alloc_slot, set = proc_address(p, k32, "TlsAlloc"), proc_address(p, k32, "TlsSetValue")
+  local k32 = p:module("kernel32.dll")
+  local fns = k32 and { proc_address(p, k32, "TlsAlloc"), proc_address(p, k32, "TlsSetValue"),
+    proc_address(p, k32, "TlsFree"), proc_address(p, k32, "AddVectoredExceptionHandler") } or {}
+  if not (fns[1] and fns[2] and fns[3] and fns[4]) then
+    error(Error.new { op = "call", name = "NO_HANDLER", pid = p.pid, message = "the process has "
+      .. "no kernel32.dll (yet) to install rmem's exception handler with.", hint = "a process "
+      .. "created suspended loads kernel32.dll once its first thread has run" }, 0)
+  end
+  local alloc_slot, set, free_slot, add = table.unpack(fns)
   local index = raw_call(p, alloc_slot, 0)
   if index >= 1088 then -- TLS_OUT_OF_INDEXES (64 slots and 1024 expansion slots)
     error(Error.new { op = "call", name = "TLS_OUT_OF_INDEXES", pid = p.pid,
@@ -285,7 +292,6 @@ function guard(p)
     page = p:alloc(core.page_size, { protect = "rwx" })
     page:write(0, veh_code(index))
     page:protect(0, core.page_size, "rx")
-    local add = proc_address(p, k32, "AddVectoredExceptionHandler")
     if invoke(p, add, { { k = "i", v = 1 }, { k = "i", v = page.address } },
         { op = "call", timeout = 5000, safe = false }) == 0 then
       error(Error.new { op = "call", name = "NO_HANDLER", pid = p.pid,
@@ -294,7 +300,7 @@ function guard(p)
   end)
   if not ok then
     if page then pcall(page.free, page) end
-    pcall(raw_call, p, proc_address(p, k32, "TlsFree"), index)
+    pcall(raw_call, p, free_slot, index)
     error(err, 0)
   end
   page:keep()
