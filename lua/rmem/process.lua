@@ -414,6 +414,8 @@ end
 -- integer, 0 by default) and returns its result: a remote thread's exit
 -- code on Windows (open with { access = "all" }), the return value on
 -- Linux, where a thread of the target runs it and is restored afterwards.
+-- (On Windows x64, remote.lua puts a version that runs fn under its
+-- exception handler in this one's place.)
 -- opts.timeout: milliseconds to wait (5000).
 function Process:call(fn_address, arg, opts)
   local h = handle(self, "call", fn_address)

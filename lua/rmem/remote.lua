@@ -1,11 +1,14 @@
 --- Remote calls with several arguments, exported symbols, and loading
 -- libraries into a process.
 --
--- p:call runs a function with one argument. call_with writes a small stub
--- into a scratch allocation, with the arguments (strings copied next to
--- it), that calls the function in the platform's convention and stores the
--- full return value where the host reads it; the scratch memory is freed
--- afterwards whatever happens (a timeout stops the call on both platforms).
+-- call_with, p:func (func.lua) and, on Windows x64, p:call write a small
+-- stub into a scratch allocation, with the arguments (strings copied next
+-- to it), that calls the function in the platform's convention and stores
+-- its results in a call block where the host reads them; the scratch
+-- memory is freed afterwards whatever happens (a timeout stops the call on
+-- both platforms). On Windows x64 the stub runs under a vectored exception
+-- handler that rmem installs in the target, so that a fault ends the call
+-- and not the target (on Linux the injection already sees the signal).
 local core = require "rmem.core"
 local check = require "rmem.check"
 local Error = require "rmem.error"
