@@ -268,17 +268,15 @@ local function veh_code(index)
   ]]):gsub("%-%-[^\n]*", ""))
 end
 
-local proc_address
-
---- The exception handler of this process handle, installed at its first
+-- The exception handler of this process handle, installed at its first
 -- call (Windows x64): a TLS slot, the handler's page (kept: it stays in
 -- the target with the handler, which must outlive the host) and
 -- AddVectoredExceptionHandler(first, handler). Undone if a step fails.
-function guard(p)
+guard = function(p)
   if p._veh then return p._veh end
   local k32 = p:module("kernel32.dll")
-  local fns = k32 and { proc_address(p, k32, "TlsAlloc"), proc_address(p, k32, "TlsSetValue"),
-    proc_address(p, k32, "TlsFree"), proc_address(p, k32, "AddVectoredExceptionHandler") } or {}
+  local fns = k32 and { p:proc_address(k32, "TlsAlloc"), p:proc_address(k32, "TlsSetValue"),
+    p:proc_address(k32, "TlsFree"), p:proc_address(k32, "AddVectoredExceptionHandler") } or {}
   if not (fns[1] and fns[2] and fns[3] and fns[4]) then
     error(Error.new { op = "call", name = "NO_HANDLER", pid = p.pid, message = "the process has "
       .. "no kernel32.dll (yet) to install rmem's exception handler with.", hint = "a process "
@@ -462,7 +460,7 @@ end
 
 --- p:proc_address(module, name) -> the address of an exported function or
 -- variable in the target, or nil; module is a name or a module table.
-function proc_address(p, module, name)
+local function proc_address(p, module, name)
   local m = module_of(p, module, 1, "proc_address")
   if type(name) ~= "string" and not (windows and math.type(name) == "integer") then
     check.argerror(2, "proc_address", "name must be a string, got " .. type(name))
