@@ -89,11 +89,11 @@ $(LIN_ASAN)/testproc.so: spec/support/testproc_linux.c
 	$(LIN_SO) $(SAN) -o $@ $<
 
 $(LIN)/rmem-target: examples/target.c
-	gcc $(CFLAGS) -D_POSIX_C_SOURCE=200809L -pthread -o $@ $<
+	gcc $(CFLAGS) -D_POSIX_C_SOURCE=200809L -pthread -rdynamic -o $@ $<
 
 # a 32-bit target, for the ia32 injection path (gcc-multilib)
 $(LIN)/rmem-target32: examples/target.c
-	gcc -m32 $(CFLAGS) -D_POSIX_C_SOURCE=200809L -pthread -o $@ $<
+	gcc -m32 $(CFLAGS) -D_POSIX_C_SOURCE=200809L -pthread -rdynamic -o $@ $<
 
 # a library to load into targets (examples/inject_library.lua)
 $(LIN)/rmem-payload.so: examples/payload.c

@@ -44,6 +44,7 @@ local function make_platform(plat)
       ["rmem"] = "lua/rmem/init.lua",
       ["rmem.check"] = "lua/rmem/check.lua",
       ["rmem.error"] = "lua/rmem/error.lua",
+      ["rmem.func"] = "lua/rmem/func.lua",
       ["rmem.live"] = "lua/rmem/live.lua",
       ["rmem.patch"] = "lua/rmem/patch.lua",
       ["rmem.process"] = "lua/rmem/process.lua",

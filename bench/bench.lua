@@ -201,6 +201,17 @@ row(("walk %d regions"):format(regions), t_walk, w.walk,
   linux and "parse /proc/PID/maps in C" or "VirtualQueryEx loop in C", "≤ 1.5×")
 for _, r in ipairs(many) do r:free() end
 
+-- 6. remote calls: a typed call (scratch memory, stub; on Windows the
+-- exception handler) against the bare one-argument call underneath
+do
+  local exe = assert(p:modules()[1])
+  local fn = assert(p:proc_address(exe, "rmem_test_i32"), "the target has no rmem_test_i32")
+  local f = p:func(fn, "i32", { "i32" })
+  local h = rawget(p, "_h")
+  row("p:func(i32) call", measure(function() f(1) end, 20), measure(function() h:call(fn, 1, 5000) end, 20),
+    linux and "rmem.core call (one injection)" or "rmem.core call (CreateRemoteThread)", "")
+end
+
 -- the table
 local function human(s)
   if s >= 1 then return ("%.2f s"):format(s) end

@@ -52,6 +52,75 @@ NOINLINE void tick(void) {
   score += 1;
 }
 
+/* Functions for p:func (spec/24-func_spec.lua), exported so that
+ * p:proc_address finds them: a Windows exe's export table, Linux's .dynsym
+ * (the Makefile links with -rdynamic). Each hands its arguments back, or
+ * records them in rmem_test_ints / rmem_test_floats for the spec to read. */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#ifdef _WIN32
+#define EXPORT __declspec(dllexport)
+#define STDCALL __stdcall
+#else
+#define EXPORT
+#if defined(__i386__)
+#define STDCALL __attribute__((stdcall))
+#else
+#define STDCALL
+#endif
+#endif
+
+EXPORT int64_t rmem_test_ints[8];
+EXPORT double rmem_test_floats[11];
+
+EXPORT NOINLINE int8_t rmem_test_i8(int8_t x) { return (int8_t)(x - 1); }
+EXPORT NOINLINE uint8_t rmem_test_u8(uint8_t x) { return (uint8_t)(x - 1); }
+EXPORT NOINLINE int16_t rmem_test_i16(int16_t x) { return (int16_t)(x - 1); }
+EXPORT NOINLINE uint16_t rmem_test_u16(uint16_t x) { return (uint16_t)(x - 1); }
+EXPORT NOINLINE int32_t rmem_test_i32(int32_t x) { return x - 1; }
+EXPORT NOINLINE uint32_t rmem_test_u32(uint32_t x) { return x - 1; }
+EXPORT NOINLINE int64_t rmem_test_i64(int64_t x) { return x - 1; }
+EXPORT NOINLINE uint64_t rmem_test_u64(uint64_t x) { return x - 1; }
+EXPORT NOINLINE float rmem_test_f32(float x) { return x * 2.0f; }
+EXPORT NOINLINE double rmem_test_f64(double x) { return x * 2.0; }
+EXPORT NOINLINE bool rmem_test_not(bool x) { return !x; }
+EXPORT NOINLINE void *rmem_test_ptr(void *p) { return (char *)p + 1; }
+EXPORT NOINLINE const char *rmem_test_echo(const char *s) { return s; }
+EXPORT NOINLINE size_t rmem_test_strlen(const char *s) { return s ? strlen(s) : (size_t)-1; }
+
+/* UTF-16 code units up to the NUL, and their sum (wchar_t is 4 bytes on Linux). */
+EXPORT NOINLINE uint64_t rmem_test_u16sum(const uint16_t *s) {
+  uint64_t n = 0, sum = 0;
+  for (; s[n]; n++)
+    sum += s[n];
+  return n << 32 | sum;
+}
+
+/* More integer and float arguments than any convention has registers for. */
+EXPORT NOINLINE int64_t rmem_test_mixed(int8_t a, double b, float c, int64_t d, uint16_t e,
+                                        double f, float g, int32_t h, double i, uint64_t j,
+                                        float k, double l, int16_t m, double n, uint8_t o,
+                                        float p, double q, int32_t r, double s) {
+  int64_t *v = rmem_test_ints;
+  double *x = rmem_test_floats;
+  v[0] = a, v[1] = d, v[2] = e, v[3] = h, v[4] = (int64_t)j, v[5] = m, v[6] = o, v[7] = r;
+  x[0] = b, x[1] = c, x[2] = f, x[3] = g, x[4] = i, x[5] = k, x[6] = l, x[7] = n, x[8] = p,
+  x[9] = q, x[10] = s;
+  return d - a;
+}
+
+/* The same in stdcall (32-bit x86; other targets ignore the convention). */
+EXPORT NOINLINE double STDCALL rmem_test_stdcall(int32_t a, double b, float c, int64_t d) {
+  rmem_test_ints[0] = a, rmem_test_ints[1] = d;
+  rmem_test_floats[0] = b, rmem_test_floats[1] = c;
+  return b + a;
+}
+
+/* Faults for the "a remote call never kills the target" specs. */
+EXPORT NOINLINE void rmem_test_store(volatile int *p, int v) { *p = v; }
+EXPORT NOINLINE int rmem_test_divide(volatile int a, volatile int b) { return a / b; }
+
 #ifdef _WIN32
 static DWORD WINAPI killer(LPVOID arg) {
   Sleep((DWORD)(size_t)arg);

@@ -30,7 +30,7 @@ describe("least privilege", function()
 
   it("nothing enables the debug privilege but rmem.enable_debug_privilege()", function()
     -- the only Lua that reaches it is the explicit function in init.lua
-    for _, name in ipairs { "check", "error", "patch", "process", "protect", "region", "remote",
+    for _, name in ipairs { "check", "error", "func", "patch", "process", "protect", "region", "remote",
       "scan", "tools", "typed" } do
       local src = read_file(helpers.root .. "/lua/rmem/" .. name .. ".lua")
       assert.is_nil(src:find("core.enable_debug_privilege", 1, true), name .. ".lua")

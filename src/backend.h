@@ -81,7 +81,8 @@ rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n,
 void rb_large_buffer(void *buf, size_t n);
 
 /* Runs fn(arg) in the process (a remote thread on Windows, a borrowed
- * thread on Linux) and waits at most timeout_ms for its result. */
+ * thread on Linux) and waits at most timeout_ms for its result. After
+ * EFAULT (Linux: fn faulted) *result is the address that faulted. */
 rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
                uintptr_t *result);
 

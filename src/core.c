@@ -371,7 +371,9 @@ static int h_write(lua_State *L) {
   return 1;
 }
 
-/* h:call(fn [, arg [, timeout_ms]]) -> fn's result */
+/* h:call(fn [, arg [, timeout_ms]]) -> fn's result; on failure nil, msg,
+ * code and what the backend left in the result (Linux EFAULT: the address
+ * that faulted) */
 static int h_call(lua_State *L) {
   rb_proc *p = check_proc(L);
   uintptr_t fn = check_address(L, 2), arg = lua_isnoneornil(L, 3) ? 0 : check_address(L, 3);
@@ -382,8 +384,11 @@ static int h_call(lua_State *L) {
   check_reach(L, p, 2, fn, 0);
   luaL_argcheck(L, rb_addr_end(p) == 0 || arg < rb_addr_end(p), 3,
                 "arg beyond the 32-bit process's reach");
-  if ((e = rb_call(p, fn, arg, (unsigned long)timeout, &result)))
-    return os_fail(L, "call", e);
+  if ((e = rb_call(p, fn, arg, (unsigned long)timeout, &result))) {
+    os_fail(L, "call", e);
+    lua_pushinteger(L, (lua_Integer)result);
+    return 4;
+  }
   lua_pushinteger(L, (lua_Integer)result);
   return 1;
 }

@@ -419,8 +419,14 @@ static rb_err run_fn(job *j) {
       j->result = s->is32 ? (uintptr_t)(uint32_t)now.rax : (uintptr_t)now.rax;
       return 0;
     }
-    if (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE)
-      return EFAULT; /* fn crashed: the thread never sees it */
+    if (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE) {
+      /* fn crashed: the thread never sees it. The result is the faulting
+       * address: the one accessed, or the instruction (SIGILL, SIGFPE). */
+      siginfo_t si;
+      j->result = ptrace(PTRACE_GETSIGINFO, s->tid, 0, &si) == 0 ? (uintptr_t)si.si_addr
+                                                                : (uintptr_t)now.rip;
+      return EFAULT;
+    }
     keep_signal(s);
   }
 }
@@ -563,8 +569,9 @@ rb_err rb_inject_fn(pid_t pid, int memfd, int is32, uintptr_t fn, uintptr_t arg,
   j.fn = fn;
   j.arg = arg;
   j.timeout_ms = timeout_ms;
-  if ((e = find_in_vdso(pid, j.s.tid, &int3, 1, &j.trap)) || (e = run_job(&j)))
+  if ((e = find_in_vdso(pid, j.s.tid, &int3, 1, &j.trap)))
     return e;
-  *result = j.result;
-  return 0;
+  e = run_job(&j);
+  *result = j.result; /* after EFAULT, the faulting address */
+  return e;
 }

@@ -11,6 +11,7 @@ local tools = require "rmem.tools"
 local patch = require "rmem.patch"
 local remote = require "rmem.remote"
 local ptrscan = require "rmem.ptrscan"
+local func = require "rmem.func"
 
 typed.install(Process, Region, Region._span, core.page_size)
 scan.install(Process)
@@ -18,6 +19,7 @@ tools.install(Process)
 patch.install(Process)
 remote.install(Process)
 ptrscan.install(Process)
+func.install(Process)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end

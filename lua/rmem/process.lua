@@ -435,6 +435,8 @@ end
 -- integer, 0 by default) and returns its result: a remote thread's exit
 -- code on Windows (open with { access = "all" }), the return value on
 -- Linux, where a thread of the target runs it and is restored afterwards.
+-- (On Windows x64, remote.lua puts a version that runs fn under its
+-- exception handler in this one's place.)
 -- opts.timeout: milliseconds to wait (5000).
 function Process:call(fn_address, arg, opts)
   local h = handle(self, "call", fn_address)
@@ -442,8 +444,9 @@ function Process:call(fn_address, arg, opts)
   local a = arg == nil and 0 or check.integer(arg, 2, "call", "arg")
   opts = check.options(opts, 3, "call", { timeout = true })
   local timeout = opts.timeout and check.size(opts.timeout, 3, "call") or 5000
-  local result, msg, code = h:call(fn, a, timeout)
-  if not result then fail(self, "call", msg, code, fn) end
+  local result, msg, code, fault = h:call(fn, a, timeout)
+  -- Linux: a fault's error carries the address that faulted
+  if not result then fail(self, "call", msg, code, core.error_name(code) == "EFAULT" and fault or fn) end
   return result
 end
 
