@@ -208,7 +208,8 @@ void *volatile chain_root, *volatile decoy_root;
 static int build_chain(void) {
   char *a, *big, *b, *decoy;
   int i, n;
-  srand((unsigned)getpid() ^ (unsigned)time(NULL));
+  /* two targets started in one second must differ: the pid is spread out */
+  srand((unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL));
   n = 1 + rand() % 64;
   for (i = 0; i < n; i++)
     if (malloc((size_t)(16 + rand() % 4096)) == NULL)
@@ -218,7 +219,7 @@ static int build_chain(void) {
   decoy = (char *)calloc(1, 0x100);
   if (a == NULL || big == NULL || decoy == NULL)
     return 0;
-  b = big + 0x400 + 8 * (rand() % 128);
+  b = big + 0x400 + 8 * (rand() % 382); /* the value within 0x1000 of big */
   memcpy(a + 0x48, &b, sizeof b);
   /* two halves, so that the value is in neither the code nor the stack */
   ((volatile unsigned *)(b + 0x10))[0] = 0x00C0FFEEu;
