@@ -102,6 +102,15 @@ rb_err rb_modules(rb_proc *p, rb_module *list, size_t cap, size_t *count);
 rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count);
 rb_err rb_enable_debug_privilege(void);
 
+/* Wine's version where rmem runs under Wine (ntdll's wine_get_version),
+ * else NULL: a few things (other Wine prefixes) are invisible there. */
+const char *rb_wine_version(void);
+/* The address of the process's PEB, and the TEB addresses of the threads
+ * that can be queried, as rb_modules fills its list (Windows; ENOSYS on
+ * Linux): p:map() labels the process heap and the thread stacks. */
+rb_err rb_peb(rb_proc *p, uintptr_t *out);
+rb_err rb_tebs(rb_proc *p, uintptr_t *list, size_t cap, size_t *count);
+
 /* The OS's text for an error code, without a trailing newline. */
 void rb_message(rb_err code, char *buf, size_t n);
 /* The symbolic names of the error codes this platform gives

@@ -377,6 +377,15 @@ rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count) {
 /* Linux has no debug privilege: ptrace rights come from the user, Yama and
  * CAP_SYS_PTRACE. */
 rb_err rb_enable_debug_privilege(void) { return ENOSYS; }
+const char *rb_wine_version(void) { return NULL; }
+rb_err rb_peb(rb_proc *p, uintptr_t *out) {
+  (void)p, (void)out;
+  return ENOSYS;
+}
+rb_err rb_tebs(rb_proc *p, uintptr_t *list, size_t cap, size_t *count) {
+  (void)p, (void)list, (void)cap, (void)count;
+  return ENOSYS;
+}
 
 /* ---- reading and writing ------------------------------------------------------ */
 

@@ -270,6 +270,78 @@ rb_err rb_modules(rb_proc *p, rb_module *list, size_t cap, size_t *count) {
   return 0;
 }
 
+/* ntdll's exports that kernel32 does not wrap, looked up when needed. */
+static FARPROC ntdll_proc(const char *name) {
+  HMODULE ntdll = GetModuleHandleA("ntdll.dll");
+  return ntdll ? GetProcAddress(ntdll, name) : NULL;
+}
+
+const char *rb_wine_version(void) {
+  typedef const char *(*version_fn)(void);
+  version_fn f = (version_fn)(void (*)(void))ntdll_proc("wine_get_version");
+  return f ? f() : NULL;
+}
+
+/* NtQueryInformationProcess / NtQueryInformationThread (the same shape). */
+typedef LONG(NTAPI *query_fn)(HANDLE, int, PVOID, ULONG, PULONG);
+typedef ULONG(NTAPI *status_fn)(LONG);
+
+/* The information class 0 (ProcessBasicInformation /
+ * ThreadBasicInformation) of h: the PEB's or the TEB's address. */
+static rb_err basic_info(HANDLE h, const char *fn_name, uintptr_t *out) {
+  /* PROCESS_BASIC_INFORMATION and THREAD_BASIC_INFORMATION both hold a
+   * status, then the address wanted, then fields not needed here */
+  struct {
+    LONG status;
+    PVOID address;
+    ULONG_PTR rest[4];
+  } info;
+  query_fn query = (query_fn)(void (*)(void))ntdll_proc(fn_name);
+  status_fn to_error = (status_fn)(void (*)(void))ntdll_proc("RtlNtStatusToDosError");
+  LONG st;
+  if (query == NULL || to_error == NULL)
+    return ERROR_CALL_NOT_IMPLEMENTED;
+  st = query(h, 0, &info, (ULONG)sizeof info, NULL);
+  if (st < 0)
+    return (rb_err)to_error(st);
+  *out = (uintptr_t)info.address;
+  return 0;
+}
+
+rb_err rb_peb(rb_proc *p, uintptr_t *out) {
+  return basic_info(p->h, "NtQueryInformationProcess", out);
+}
+
+rb_err rb_tebs(rb_proc *p, uintptr_t *list, size_t cap, size_t *count) {
+  THREADENTRY32 te;
+  size_t n = 0;
+  HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
+  if (snap == INVALID_HANDLE_VALUE)
+    return last_error();
+  te.dwSize = sizeof te;
+  if (Thread32First(snap, &te)) {
+    do {
+      HANDLE t;
+      uintptr_t teb;
+      if (te.th32OwnerProcessID != p->pid)
+        continue;
+      /* a thread that cannot be opened or queried is left out */
+      t = OpenThread(THREAD_QUERY_INFORMATION, FALSE, te.th32ThreadID);
+      if (t == NULL)
+        continue;
+      if (basic_info(t, "NtQueryInformationThread", &teb) == 0) {
+        if (n < cap)
+          list[n] = teb;
+        n++;
+      }
+      CloseHandle(t);
+    } while (Thread32Next(snap, &te));
+  }
+  CloseHandle(snap);
+  *count = n;
+  return 0;
+}
+
 rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
                uintptr_t *result) {
   DWORD code = 0, w;

@@ -393,6 +393,41 @@ static int h_call(lua_State *L) {
   return 1;
 }
 
+/* h:peb() -> the address of the process environment block (Windows) */
+static int h_peb(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t a;
+  rb_err e;
+  if ((e = rb_peb(p, &a)))
+    return os_fail(L, "peb", e);
+  lua_pushinteger(L, (lua_Integer)a);
+  return 1;
+}
+
+/* h:tebs() -> { teb address, ... } of the threads that can be queried */
+static int h_tebs(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  size_t cap = 256, count, i;
+  uintptr_t *list;
+  rb_err e;
+  for (;;) {
+    /* a userdata, so an error while pushing leaks nothing */
+    list = (uintptr_t *)lua_newuserdatauv(L, cap * sizeof *list, 0);
+    if ((e = rb_tebs(p, list, cap, &count)))
+      return os_fail(L, "tebs", e);
+    if (count <= cap)
+      break;
+    cap = count + 64;
+    lua_pop(L, 1);
+  }
+  lua_createtable(L, (int)count, 0);
+  for (i = 0; i < count; i++) {
+    lua_pushinteger(L, (lua_Integer)list[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
 /* h:modules() -> { {name=, base=, size=, path=}, ... } */
 static int h_modules(lua_State *L) {
   rb_proc *p = check_proc(L);
@@ -481,6 +516,16 @@ static int core_enable_debug_privilege(lua_State *L) {
   if (e)
     return os_fail(L, "enable_debug_privilege", e);
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.wine_version() -> "8.0" where rmem runs under Wine, else nil */
+static int core_wine_version(lua_State *L) {
+  const char *v = rb_wine_version();
+  if (v == NULL)
+    lua_pushnil(L);
+  else
+    lua_pushstring(L, v);
   return 1;
 }
 
@@ -643,6 +688,7 @@ static const luaL_Reg funcs[] = {
   {"error_name", core_error_name},
   {"error_message", core_error_message},
   {"find", core_find},
+  {"wine_version", core_wine_version},
   {NULL, NULL}
 };
 
@@ -661,6 +707,8 @@ static const luaL_Reg methods[] = {
   {"exit_code", h_exit_code},
   {"replaced", h_replaced},
   {"modules", h_modules},
+  {"peb", h_peb},
+  {"tebs", h_tebs},
   {"call", h_call},
   {"pid", h_pid},
   {"bits", h_bits},

@@ -1,7 +1,9 @@
 --- rmem.Error: the error object every failure in the rmem layer raises.
 -- Fields: op, code, name, message, pid, address, size, hint (and bytes_done
--- for a partial read or write). `tostring(e)` reads as one line.
+-- for a partial read or write), where (the user's "file:line" that called
+-- into rmem). `tostring(e)` reads as one line that starts with where.
 local core = require "rmem.core"
+local check = require "rmem.check"
 
 local Error = {}
 Error.__index = Error
@@ -74,7 +76,8 @@ local hints = {
   },
   call = {
     ERROR_ACCESS_DENIED = "remote calls need PROCESS_CREATE_THREAD: open with { access = \"all\" }",
-    ERROR_TIMEOUT = "the function did not return in time; its thread runs on in the target",
+    ERROR_TIMEOUT = "the function did not return in time: its thread was stopped "
+      .. "(TerminateThread), so locks it held stay held and the target may be unstable",
     ETIMEDOUT = "the function did not return in time; the call was abandoned and the "
       .. "borrowed thread restored",
     EFAULT = "the function faulted; the borrowed thread was restored and never saw the fault",
@@ -122,6 +125,7 @@ end
 
 --- Creates an error object from its fields (op and message at least).
 function Error.new(fields)
+  fields.where = fields.where or check.where()
   if fields.hint == nil then
     local by_op = hints[fields.op]
     fields.hint = by_op and by_op[fields.name] or hints["*"][fields.name]
@@ -153,7 +157,7 @@ function Error:__tostring()
   local what = self.code and ("%s (%d)"):format(self.name, self.code) or self.name
   -- Windows' texts end with a period, strerror's do not
   local message = self.message:match("[.!?]$") and self.message or self.message .. "."
-  local s = ("rmem: %s(%s) failed: %s: %s"):format(self.op, table.concat(args, ", "),
+  local s = ("%srmem: %s(%s) failed: %s: %s"):format(self.where and self.where .. ": " or "", self.op, table.concat(args, ", "),
     what, message)
   if self.hint then s = s .. " Hint: " .. self.hint .. "." end
   return s

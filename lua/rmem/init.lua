@@ -20,6 +20,13 @@ patch.install(Process)
 remote.install(Process)
 ptrscan.install(Process)
 func.install(Process)
+-- (after every install: p.read(...) for p:read(...) says so, and argument
+-- errors name the method the user called)
+local check = require "rmem.check"
+local inline = { read = true, write = true }
+for name in pairs(typed.inline) do inline[name] = true end
+check.methods(Process, "p", { open = true, self = true, processes = true }, inline)
+check.methods(Region, "r", { new = true }, {})
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end

@@ -71,6 +71,7 @@ end
 
 --- The core handle, or the closed-process error.
 local function handle(p, op, address)
+  if getmetatable(p) ~= Process then check.self_error(Process, "p", op, p) end
   local h = p._h
   if h == nil then
     error(Error.new { op = op, name = "PROCESS_CLOSED", pid = p.pid, address = address,
@@ -89,20 +90,73 @@ local function wrap(h, access)
   }, Process)
 end
 
+-- Windows file names are case-insensitive; Linux ones are not.
+local windows = core.platform == "windows"
+local fold = windows and string.lower or function(s) return s end
+
+--- Where rmem runs under Wine, a process of another Wine prefix is
+-- invisible: the hint for a process not found says so.
+local function not_found_hint(hint)
+  local wine = core.wine_version()
+  if not wine then return hint end
+  return hint .. (" (rmem runs under Wine %s, which shows only the processes of its own Wine "
+    .. "prefix: run rmem with the target's WINEPREFIX)"):format(wine)
+end
+
+--- The pid of the one process with this executable name (case-insensitive);
+-- on Windows "game" finds game.exe where no process is named "game".
 local function find_by_name(name)
-  local pids, wanted = {}, name:lower()
+  local exact, loose, wanted = {}, {}, name:lower()
   for _, info in ipairs(Process.processes()) do
-    if info.name:lower() == wanted then pids[#pids + 1] = info.pid end
+    local n = info.name:lower()
+    if n == wanted then exact[#exact + 1] = info.pid
+    elseif windows and n == wanted .. ".exe" then loose[#loose + 1] = info.pid end
   end
+  local pids = #exact > 0 and exact or loose
   if #pids == 0 then
     error(Error.new { op = "open", name = "PROCESS_NOT_FOUND",
-      message = ("no running process is named '%s'."):format(name) }, 0)
+      message = ("no running process is named '%s'."):format(name),
+      hint = not_found_hint("rmem.processes() lists the running processes and their names") }, 0)
   elseif #pids > 1 then
-    error(Error.new { op = "open", name = "AMBIGUOUS_NAME",
+    error(Error.new { op = "open", name = "AMBIGUOUS_NAME", pids = pids,
       message = ("%d processes are named '%s' (pids %s)."):format(#pids, name,
         table.concat(pids, ", ")) }, 0)
   end
   return pids[1]
+end
+
+local CAPS = { "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid",
+  "setuid", "setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin",
+  "net_raw", "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace",
+  "sys_pacct", "sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time",
+  "sys_tty_config", "mknod", "lease", "audit_write", "audit_control", "setfcap", "mac_override",
+  "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf",
+  "checkpoint_restore" }
+
+--- Why Linux refused root to open a process: "run as root" does not help
+-- there. A container may drop CAP_SYS_PTRACE, and a process that holds
+-- capabilities this one lacks (a container's or VM's init) stays closed.
+local function root_open_hint(pid)
+  local me = read_file("/proc/self/status") or ""
+  if tonumber(me:match("Uid:%s*%d+%s+(%d+)")) ~= 0 then return nil end
+  local mine = tonumber(me:match("CapEff:%s*(%x+)"), 16) or 0
+  if mine & (1 << 19) == 0 then
+    return "rmem runs as root without CAP_SYS_PTRACE, which containers drop: grant it "
+      .. "(docker run --cap-add=SYS_PTRACE) or run rmem outside the container"
+  end
+  local theirs = tonumber((read_file("/proc/" .. pid .. "/status") or ""):match("CapPrm:%s*(%x+)"), 16)
+  local extra, names = theirs and theirs & ~mine or 0, {}
+  for bit = 0, 63 do
+    if extra & (1 << bit) ~= 0 then names[#names + 1] = "CAP_" .. (CAPS[bit + 1] or bit):upper() end
+  end
+  if #names > 0 then
+    return ("rmem runs as root with CAP_SYS_PTRACE, but the process holds capabilities this "
+      .. "one lacks (%s), as a container's or VM's own init does: the kernel keeps it closed "
+      .. "to processes with fewer privileges; run rmem with those capabilities (outside the "
+      .. "container)"):format(table.concat(names, ", "))
+  end
+  return "rmem runs as root with CAP_SYS_PTRACE, yet the kernel refused: a security module "
+    .. "(SELinux, AppArmor, Yama) protects the process"
 end
 
 --- Opens a process by pid or by executable name (case-insensitive).
@@ -126,7 +180,15 @@ function Process.open(target, opts)
     mask = access
   end
   local h, msg, code = core.open(pid, mask)
-  if not h then error(Error.from_os("open", msg, code, { pid = pid }), 0) end
+  if not h then
+    local e = Error.from_os("open", msg, code, { pid = pid })
+    if e.name == "EACCES" or e.name == "EPERM" then
+      e.hint = root_open_hint(pid) or e.hint
+    elseif e.name == "ERROR_INVALID_PARAMETER" then
+      e.hint = not_found_hint(e.hint)
+    end
+    error(e, 0)
+  end
   return wrap(h, mask)
 end
 
@@ -231,6 +293,7 @@ end
 function Process:alloc(size, opts)
   local h = handle(self, "alloc")
   opts = check.options(opts, 2, "alloc", ALLOC_OPTS)
+  if size == 0 then check.argerror(1, "alloc", "size must be positive, got 0") end
   if opts.near ~= nil then
     local near = check.address(opts.near, 2, "alloc")
     local reach = opts.max_distance and check.size(opts.max_distance, 2, "alloc") or 0x7FFF0000
@@ -364,8 +427,12 @@ local function set_of(v, n, what, values)
   if v == nil then return nil end
   local set = {}
   for _, s in ipairs(type(v) == "table" and v or { v }) do
-    if values and not values[s] then
-      check.argerror(n, "regions", ("unknown %s '%s'"):format(what, tostring(s)))
+    if not values[s] then
+      local valid = {}
+      for k in pairs(values) do valid[#valid + 1] = k end
+      table.sort(valid)
+      check.argerror(n, "regions", ("unknown %s '%s' (expected %s)"):format(what, tostring(s),
+        table.concat(valid, ", ")))
     end
     set[s] = true
   end
@@ -379,10 +446,7 @@ function Process:regions(opts)
   handle(self, "regions")
   opts = check.options(opts, 1, "regions", { state = true, protect = true })
   local states = set_of(opts.state, 1, "state", { commit = true, reserve = true, free = true })
-  local prots = opts.protect and {}
-  for s in pairs(set_of(opts.protect, 1, "protect") or {}) do
-    prots[protect.name(protect.value(s, 1, "regions"))] = true
-  end
+  local prots = opts.protect and protect.set(opts.protect, 1, "regions")
   -- regions come from the core in batches: on Linux one /proc/PID/maps read each,
   -- so a batch holds as many as a process may have
   local address, done, batch, bi = 0, false, {}, 1
@@ -416,17 +480,19 @@ function Process:modules()
   return list
 end
 
--- Windows file names are case-insensitive; Linux ones are not.
-local fold = core.platform == "windows" and string.lower or function(s) return s end
-
 --- The module with this file name (case-insensitive on Windows), or nil.
+-- On Windows a name without its extension finds the .dll, else the .exe
+-- ("kernel32", "game"), as GetModuleHandle does; an exact name wins.
 function Process:module(name)
   if type(name) ~= "string" then
     check.argerror(1, "module", "name must be a string, got " .. type(name))
   end
-  local wanted = fold(name)
-  for _, m in ipairs(self:modules()) do
-    if fold(m.name) == wanted then return m end
+  local mods = self:modules()
+  for _, wanted in ipairs(windows and { name, name .. ".dll", name .. ".exe" } or { name }) do
+    wanted = fold(wanted)
+    for _, m in ipairs(mods) do
+      if fold(m.name) == wanted then return m end
+    end
   end
   return nil
 end
@@ -441,7 +507,8 @@ end
 function Process:call(fn_address, arg, opts)
   local h = handle(self, "call", fn_address)
   local fn = check.address(fn_address, 1, "call")
-  local a = arg == nil and 0 or check.integer(arg, 2, "call", "arg")
+  -- (one pointer-sized argument, unsigned: p:call_with passes signed ones)
+  local a = arg == nil and 0 or check.nonneg(arg, 2, "call", "arg")
   opts = check.options(opts, 3, "call", { timeout = true })
   local timeout = opts.timeout and check.size(opts.timeout, 3, "call") or 5000
   local result, msg, code, fault = h:call(fn, a, timeout)
@@ -450,14 +517,59 @@ function Process:call(fn_address, arg, opts)
   return result
 end
 
+local host_bits = string.packsize("T") * 8
+
+--- What p:map() says of regions no module owns: on Linux the kernel's
+-- names ([heap], [stack], [vdso], ...) from /proc/PID/maps; on Windows the
+-- heaps the PEB lists and each thread's stack (from its TEB), where the
+-- host can read them (a target of the host's own bitness). A function of
+-- a RegionInfo.
+local function labeller(p)
+  local ranges, by_base = {}, {}
+  if not windows then
+    for line in (read_file(("/proc/%d/maps"):format(p.pid)) or ""):gmatch("[^\n]+") do
+      local lo, hi, label = line:match("^(%x+)%-(%x+) .-%s(%[[^%]]+%])$")
+      if lo then ranges[#ranges + 1] = { tonumber(lo, 16), tonumber(hi, 16), label } end
+    end
+  elseif p.bits == host_bits then
+    local h, w = p._h, p.bits // 8
+    local function ptr(a) local ok, v = pcall(p.read_ptr, p, a) return ok and v or nil end
+    local peb = h:peb()
+    local heap = peb and ptr(peb + 6 * w) -- PEB.ProcessHeap
+    if heap then by_base[heap] = "process heap" end
+    local count = peb and ptr(peb + (w == 8 and 0xE8 or 0x88)) -- NumberOfHeaps
+    local heaps = peb and ptr(peb + (w == 8 and 0xF0 or 0x90)) -- ProcessHeaps
+    for i = 0, heaps and math.min((count or 0) & 0xFFFFFFFF, 256) - 1 or -1 do
+      local base = ptr(heaps + i * w)
+      if base and not by_base[base] then by_base[base] = "heap" end
+    end
+    for _, teb in ipairs(h:tebs() or {}) do
+      -- NT_TIB.StackLimit (the lowest committed page); ClientId.UniqueThread
+      local limit, tid = ptr(teb + 2 * w), ptr(teb + (w == 8 and 0x48 or 0x24))
+      local ok, info = pcall(p.query, p, limit or 0)
+      if ok and info.allocation_base then
+        by_base[info.allocation_base] = ("stack (thread %d)"):format(tid or 0)
+      end
+    end
+  end
+  return function(info)
+    for _, r in ipairs(ranges) do
+      if info.base >= r[1] and info.base < r[2] then return r[3] end
+    end
+    return by_base[info.allocation_base] or ""
+  end
+end
+
 --- A memory map like a debugger's: one line per region that is not free,
--- with address, size, state, protection, type and the module it belongs to.
+-- with address, size, state, protection, type and the module it belongs to
+-- (or what else the system says it is: heap, stack).
 function Process:map()
+  local label = labeller(self)
   local mods = self:modules()
   local lines = { ("%-18s %-12s %-8s %-14s %-8s %s"):format("address", "size", "state",
     "protect", "type", "module") }
   for info in self:regions { state = { "commit", "reserve" } } do
-    local owner = ""
+    local owner = label(info)
     for _, m in ipairs(mods) do
       if info.base >= m.base and info.base < m.base + m.size then owner = m.name break end
     end
@@ -470,7 +582,7 @@ end
 --- Reads n bytes; a partial read raises an error that says how many bytes
 -- were read (e.bytes_done).
 function Process:read(address, n)
-  local h, a, size = self._h, address, n
+  local h, a, size = type(self) == "table" and self._h, address, n
   -- the common case checked inline: reads are the hot path of scripts
   if not (h and math_type(a) == "integer" and math_type(size) == "integer" and a >= 0
       and size >= 0 and size <= maxinteger - a) then
@@ -539,7 +651,7 @@ end
 -- opts.force makes read-only and executable pages writable for the write
 -- and restores their protection afterwards, also if the write fails.
 function Process:write(address, bytes, opts)
-  local h = self._h
+  local h = type(self) == "table" and self._h
   -- the common case checked inline, as for read
   if opts == nil and h and math_type(address) == "integer" and type(bytes) == "string"
       and address >= 0 and #bytes <= maxinteger - address then

@@ -16,7 +16,7 @@ for name, v in pairs(base_values) do base_names[v] = name end
 for _, m in ipairs(modifiers) do modifier_values[m[1]] = m[2] end
 
 local EXPECTED = "none, r, rw, wc, x, rx, rwx or xwc, optionally with +guard, "
-  .. "+nocache or +writecombine"
+  .. "+nocache or +writecombine; filters also take readable, writable or executable"
 
 --- The PAGE_* number for a protection string, or an integer as it is.
 -- Raises an argument error (#n of fname) for anything else.
@@ -68,6 +68,28 @@ function protect.name(v)
   if rest ~= 0 then return ("0x%x"):format(v) end
   named[v] = name
   return name
+end
+
+-- The groups a filter may name (scans, p:regions): the base protections
+-- with that access. A Windows program's .data is wc, which "rw" misses.
+local GROUPS = {
+  readable = { "r", "rw", "wc", "rx", "rwx", "xwc" },
+  writable = { "rw", "wc", "rwx", "xwc" },
+  executable = { "x", "rx", "rwx", "xwc" },
+}
+
+--- The set of canonical protection names that opt (a protection, a group
+-- name, or a list of them) names, for argument n of fname.
+function protect.set(opt, n, fname)
+  local set = {}
+  for _, s in ipairs(type(opt) == "table" and opt or { opt }) do
+    if GROUPS[s] then
+      for _, name in ipairs(GROUPS[s]) do set[name] = true end
+    else
+      set[protect.name(protect.value(s, n, fname))] = true
+    end
+  end
+  return set
 end
 
 local writable = { [0x04] = true, [0x08] = true, [0x40] = true, [0x80] = true }

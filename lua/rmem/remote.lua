@@ -402,9 +402,9 @@ end
 local tools = require "rmem.tools"
 local read_file, module_of = tools.read_file, tools.module_of
 
---- An ELF object's dynamic symbol (the default version when there are
--- several), from the file's bytes, relocated to where it is mapped.
-local function elf_symbol(p, m, elf, name)
+--- An ELF object's bytes, class and section headers, and the bias that
+-- relocates its addresses to where the module is mapped.
+local function elf_parse(m, elf)
   local is64 = elf:byte(5) == 2
   local A = is64 and "I8" or "I4"
   local phoff, shoff, phentsize, phnum, shentsize, shnum
@@ -423,57 +423,144 @@ local function elf_symbol(p, m, elf, name)
       break
     end
   end
-  local bias = m.base - (first_load or 0) // core.page_size * core.page_size
   local sections = {}
   for i = 0, shnum - 1 do
     local at = shoff + i * shentsize + 1
     local _, stype, _, _, offset, size, link = string.unpack("<I4I4" .. A .. A .. A .. A .. "I4", elf, at)
     sections[i] = { type = stype, offset = offset, size = size, link = link }
   end
-  local found
+  return { data = elf, is64 = is64, sections = sections,
+    bias = m.base - (first_load or 0) // core.page_size * core.page_size }
+end
+
+--- fn(elf, ...) over the ELF file of module m on disk; a file that is not
+-- a whole ELF object (truncated, or changed since it was mapped) is an
+-- rmem.Error NOT_ELF.
+local function with_elf(p, m, op, fn, ...)
+  local data = read_file(m.path) or read_file(("/proc/%d/root%s"):format(p.pid, m.path))
+  local ok, found = false, data and "not an ELF file" or "it cannot be opened"
+  if data and data:sub(1, 4) == "\x7FELF" then
+    ok, found = pcall(function(...) return fn(elf_parse(m, data), ...) end, ...)
+  end
+  if ok then return found end
+  if Error.is_error(found) then error(found, 0) end
+  error(Error.new { op = op, name = "NOT_ELF", pid = p.pid, address = m.base,
+    message = ("cannot read the ELF file %s (%s)."):format(m.path,
+      (tostring(found):gsub("^.-:%d+: ", ""))) }, 0)
+end
+
+local SHT_SYMTAB, SHT_DYNSYM, SHT_GNU_VERSYM = 2, 11, 0x6FFFFFFF
+local STT_OBJECT, STT_FUNC, STT_GNU_IFUNC = 1, 2, 10
+
+--- Calls fn(name_at, value, type, hidden, global) for every defined symbol
+-- of the section type stype (.dynsym or .symtab), name_at being the offset
+-- (1-based) of its NUL-terminated name in the file.
+local function each_symbol(elf, stype, fn)
+  local data, sections = elf.data, elf.sections
   for _, s in pairs(sections) do
-    if s.type == 11 then -- SHT_DYNSYM
+    if s.type == stype then
       local strtab = sections[s.link]
       local versym
       for _, v in pairs(sections) do
-        if v.type == 0x6FFFFFFF then versym = v end
+        if v.type == SHT_GNU_VERSYM and stype == SHT_DYNSYM then versym = v end
       end
-      local entsize = is64 and 24 or 16
+      local entsize = elf.is64 and 24 or 16
       for i = 0, s.size // entsize - 1 do
         local at = s.offset + i * entsize + 1
-        local nameoff, value, info, shndx
-        if is64 then
-          nameoff, info, _, shndx, value = string.unpack("<I4BBI2I8", elf, at)
+        local nameoff, value, info, shndx, _
+        if elf.is64 then
+          nameoff, info, _, shndx, value = string.unpack("<I4BBI2I8", data, at)
         else
-          nameoff, value, _, info, _, shndx = string.unpack("<I4I4I4BBI2", elf, at)
+          nameoff, value, _, info, _, shndx = string.unpack("<I4I4I4BBI2", data, at)
         end
-        if shndx ~= 0 and value ~= 0 and elf:sub(strtab.offset + nameoff + 1,
-            strtab.offset + nameoff + #name + 1) == name .. "\0" then
-          local hidden = versym and string.unpack("<I2", elf, versym.offset + 2 * i + 1) & 0x8000 ~= 0
-          if (info & 0xF) == 10 then -- STT_GNU_IFUNC: the value is a resolver
-            error(Error.new { op = "proc_address", name = "IFUNC", pid = p.pid, message =
-              ("%s in %s is chosen at run time (an IFUNC)."):format(name, m.name) }, 0)
-          end
-          if not hidden then return bias + value end
-          found = found or bias + value
+        if shndx ~= 0 and value ~= 0 and nameoff ~= 0 then
+          local hidden = versym and string.unpack("<I2", data, versym.offset + 2 * i + 1) & 0x8000 ~= 0
+          fn(strtab.offset + nameoff + 1, value, info & 0xF, hidden, info >> 4 ~= 0)
         end
       end
     end
   end
+end
+
+--- An ELF object's symbol, from the file on disk, relocated to where it is
+-- mapped: a dynamic symbol (the default version when there are several),
+-- else one of .symtab where the file has it (unstripped programs), a
+-- global one before a local one.
+local function elf_symbol(p, m, elf, name)
+  local data, key = elf.data, name .. "\0"
+  local found, found_global
+  for _, stype in ipairs { SHT_DYNSYM, SHT_SYMTAB } do
+    each_symbol(elf, stype, function(at, value, stt, hidden, global)
+      if found_global or data:sub(at, at + #key - 1) ~= key then return end
+      if stt == STT_GNU_IFUNC then -- the value is a resolver
+        error(Error.new { op = "proc_address", name = "IFUNC", pid = p.pid, message =
+          ("%s in %s is chosen at run time (an IFUNC)."):format(name, m.name) }, 0)
+      end
+      if stype == SHT_DYNSYM and not hidden or stype == SHT_SYMTAB and global then
+        found_global = elf.bias + value
+      else
+        found = found or elf.bias + value
+      end
+    end)
+    if found_global then return found_global end
+  end
   return found
 end
 
---- elf_symbol from the file on disk; a file that is not a whole ELF
--- object (truncated, or changed since it was mapped) is an rmem.Error.
-local function elf_export(p, m, name)
-  local elf = read_file(m.path) or read_file(("/proc/%d/root%s"):format(p.pid, m.path))
-  local ok, found = false, elf and "not an ELF file" or "it cannot be opened"
-  if elf and elf:sub(1, 4) == "\x7FELF" then ok, found = pcall(elf_symbol, p, m, elf, name) end
-  if ok then return found end
-  if Error.is_error(found) then error(found, 0) end
-  error(Error.new { op = "proc_address", name = "NOT_ELF", pid = p.pid, address = m.base,
-    message = ("cannot read the ELF file %s (%s)."):format(m.path,
-      (tostring(found):gsub("^.-:%d+: ", ""))) }, 0)
+--- The functions and variables of an ELF object (.dynsym, and .symtab
+-- where the file has one): name -> address.
+local function elf_symbols(elf)
+  local list, global = {}, {}
+  for _, stype in ipairs { SHT_DYNSYM, SHT_SYMTAB } do
+    each_symbol(elf, stype, function(at, value, stt, hidden, is_global)
+      if stt ~= STT_FUNC and stt ~= STT_OBJECT then return end
+      local name = elf.data:match("^[^%z]*", at)
+      local strong = stype == SHT_DYNSYM and not hidden or stype == SHT_SYMTAB and is_global
+      if name ~= "" and (list[name] == nil or strong and not global[name]) then
+        list[name], global[name] = elf.bias + value, strong or nil
+      end
+    end)
+  end
+  return list
+end
+
+--- A PE image's exports, read from the target's memory: name -> address,
+-- forwarders followed (p:proc_address's rules).
+local function pe_symbols(p, m)
+  local base = m.base
+  local pe = base + p:read_u32(base + 0x3C)
+  local opt = pe + 24
+  local rva, dir_size = p:unpack(opt + (p:read_u16(opt) == 0x20B and 112 or 96), "<I4I4")
+  if rva == 0 then return {} end
+  -- the directory holds its tables and names: one read, where it is readable whole
+  local ok, dir = pcall(p.read, p, base + rva, dir_size)
+  local function u(at, fmt) -- at: an RVA
+    if ok and at >= rva and at + string.packsize(fmt) <= rva + dir_size then
+      return string.unpack(fmt, dir, at - rva + 1)
+    end
+    return p:unpack(base + at, fmt)
+  end
+  local function str(at)
+    if ok and at >= rva and at < rva + dir_size then
+      local s = dir:match("^[^%z]*%z", at - rva + 1)
+      if s then return s:sub(1, -2) end
+    end
+    return p:read_string(base + at, 512)
+  end
+  local _, nnames, funcs, names, ords = u(rva + 20, "<I4I4I4I4I4")
+  local list = {}
+  for i = 0, nnames - 1 do
+    local name = str(u(names + 4 * i, "<I4"))
+    local fn = u(funcs + 4 * u(ords + 2 * i, "<I2"), "<I4")
+    if fn ~= 0 then
+      if fn >= rva and fn < rva + dir_size then
+        list[name] = pe_export(p, m, name, 0) -- a forwarder
+      else
+        list[name] = base + fn
+      end
+    end
+  end
+  return list
 end
 
 --- p:proc_address(module, name) -> the address of an exported function or
@@ -484,7 +571,7 @@ local function proc_address(p, module, name)
     check.argerror(2, "proc_address", "name must be a string, got " .. type(name))
   end
   if windows then return pe_export(p, m, name, 0) end
-  return elf_export(p, m, name)
+  return with_elf(p, m, "proc_address", function(elf) return elf_symbol(p, m, elf, name) end)
 end
 
 -- Libraries ------------------------------------------------------------------
@@ -584,11 +671,21 @@ local function unload_library(p, module, opts)
   return true
 end
 
+--- p:symbols(module) -> { [name] = address } of the module's exported
+-- functions and variables (Windows: the export table, forwarders followed;
+-- Linux: .dynsym and, where the file has one, .symtab, locals included).
+local function symbols(p, module)
+  local m = module_of(p, module, 1, "symbols", not windows and "path" or nil)
+  if windows then return pe_symbols(p, m) end
+  return with_elf(p, m, "symbols", elf_symbols)
+end
+
 function remote.install(Process)
   raw_call = Process.call
   if windows then Process.call = safe_call end
   Process.call_with = call_with
   Process.proc_address = proc_address
+  Process.symbols = symbols
   Process.load_library = load_library
   Process.unload_library = unload_library
 end

@@ -58,11 +58,7 @@ end
 --- The set of protections a scan covers.
 local function protections(opt, fname)
   if opt == nil then return READABLE end
-  local set = {}
-  for _, s in ipairs(type(opt) == "table" and opt or { opt }) do
-    set[protect.name(protect.value(s, 2, fname))] = true
-  end
-  return set
+  return protect.set(opt, 2, fname)
 end
 
 --- The runs of adjacent committed pages with a covered protection inside
@@ -119,7 +115,8 @@ end
 
 --- for address in p:scan(pattern [, opts]) do ... end
 -- opts: module (a name or a module table), from (inclusive), to
--- (exclusive), protect (a protection or a list; default every readable,
+-- (exclusive), protect (a protection, a group "readable", "writable" or
+-- "executable", or a list of them; default every readable,
 -- non-guard one), limit, overlapping (default true), align, progress
 -- (called as progress(done, total) in bytes after each chunk; returning
 -- false stops the scan after the matches found so far).

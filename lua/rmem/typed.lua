@@ -12,13 +12,18 @@ local FORMATS = {
   f32 = "<f", f64 = "<d",
 }
 local DEFAULT_MAX = 4096
+local Process -- the class (typed.install)
 
 local function ptr_format(p)
-  return p.bits == 32 and "<I4" or "<I8"
+  return type(p) == "table" and p.bits == 32 and "<I4" or "<I8"
 end
 
---- Packs value with fmt for write_<name>, with the error at the user's line.
-local function pack_value(name, fmt, value)
+--- Packs value with fmt for write_<name> on p, with the error at the
+-- user's line.
+local function pack_value(p, name, fmt, value)
+  if type(p) ~= "table" then
+    check.self_error(Process, "p", "write_" .. name, p)
+  end
   if type(value) ~= "number" then
     check.argerror(2, "write_" .. name, "value must be a number, got " .. type(value))
   end
@@ -103,6 +108,18 @@ local function check_string(s, fname)
   end
 end
 
+--- write_string's third argument: a field size that `need` units (the
+-- NUL included) must fit in, or the options for p:write (returned).
+local function fits(need, max, fname, unit)
+  if type(max) ~= "number" then return max end
+  local field = check.size(max, 3, fname)
+  if need > field then
+    check.argerror(2, fname, ("the text and its NUL need %d %s, the field (max) holds %d")
+      :format(need, unit, field))
+  end
+  return nil
+end
+
 --- The fixed packsize of fmt, or an argument error for a variable-length
 -- or invalid format.
 local function packsize(fmt, fname)
@@ -118,22 +135,31 @@ local function packsize(fmt, fname)
 end
 
 --- The methods on a process, by address.
-local function process_methods(Process, page)
+-- The fixed-size methods are hot paths: they call Process.read and
+-- Process.write directly, which check their self (a dot for the colon),
+-- and are not wrapped (check.methods).
+typed.inline = { read_ptr = true, write_ptr = true }
+
+local function process_methods(page)
+  local read, write = Process.read, Process.write
   for name, fmt in pairs(FORMATS) do
     local size = string.packsize(fmt)
     Process["read_" .. name] = function(p, address)
-      return (string.unpack(fmt, p:read(address, size)))
+      return (string.unpack(fmt, read(p, address, size)))
     end
     Process["write_" .. name] = function(p, address, value, opts)
-      return p:write(address, pack_value(name, fmt, value), opts)
+      local n = write(p, address, pack_value(p, name, fmt, value), opts)
+      return n -- (not a tail call: argument errors name write_<name>)
     end
+    typed.inline["read_" .. name], typed.inline["write_" .. name] = true, true
   end
   function Process:read_ptr(address)
     local fmt = ptr_format(self)
-    return (string.unpack(fmt, self:read(address, string.packsize(fmt))))
+    return (string.unpack(fmt, read(self, address, string.packsize(fmt))))
   end
   function Process:write_ptr(address, value, opts)
-    return self:write(address, pack_value("ptr", ptr_format(self), value), opts)
+    local n = write(self, address, pack_value(self, "ptr", ptr_format(self), value), opts)
+    return n
   end
   --- Bytes up to the first NUL or max bytes (4096).
   function Process:read_string(address, max)
@@ -145,15 +171,23 @@ local function process_methods(Process, page)
     local a = check.address(address, 1, "read_wstring")
     return utf16_to_utf8(read_units(self, a, max_of(max, "read_wstring"), 2, page))
   end
-  --- Writes the bytes and a NUL; returns the bytes written.
-  function Process:write_string(address, text, opts)
+  --- Writes the bytes and a NUL; returns the bytes written. max (a number)
+  -- is the size of the field in bytes: a text that does not fit with its
+  -- NUL is refused; a table is the options of p:write.
+  function Process:write_string(address, text, max)
     check_string(text, "write_string")
-    return self:write(address, text .. "\0", opts)
+    local opts = fits(#text + 1, max, "write_string", "bytes")
+    local n = self:write(address, text .. "\0", opts)
+    return n
   end
-  --- Writes UTF-8 text as UTF-16LE and a NUL unit; returns the bytes written.
-  function Process:write_wstring(address, text, opts)
+  --- Writes UTF-8 text as UTF-16LE and a NUL unit; returns the bytes
+  -- written. max (a number) is the field's size in UTF-16 units.
+  function Process:write_wstring(address, text, max)
     check_string(text, "write_wstring")
-    return self:write(address, utf8_to_utf16(text, "write_wstring") .. "\0\0", opts)
+    local units = utf8_to_utf16(text, "write_wstring") .. "\0\0"
+    local opts = fits(#units // 2, max, "write_wstring", "UTF-16 units")
+    local n = self:write(address, units, opts)
+    return n
   end
   --- string.unpack(fmt) over exactly string.packsize(fmt) bytes.
   function Process:unpack(address, fmt)
@@ -220,8 +254,9 @@ function typed.utf16(s, n, fname)
   return utf8_to_utf16(s, fname, n)
 end
 
-function typed.install(Process, Region, span, page)
-  process_methods(Process, page)
+function typed.install(P, Region, span, page)
+  Process = P
+  process_methods(page)
   region_methods(Region, span)
 end
 
