@@ -157,7 +157,8 @@ function Error:__tostring()
   local what = self.code and ("%s (%d)"):format(self.name, self.code) or self.name
   -- Windows' texts end with a period, strerror's do not
   local message = self.message:match("[.!?]$") and self.message or self.message .. "."
-  local s = ("%srmem: %s(%s) failed: %s: %s"):format(self.where and self.where .. ": " or "", self.op, table.concat(args, ", "),
+  local where = self.where and self.where .. ": " or ""
+  local s = ("%srmem: %s(%s) failed: %s: %s"):format(where, self.op, table.concat(args, ", "),
     what, message)
   if self.hint then s = s .. " Hint: " .. self.hint .. "." end
   return s
