@@ -42,7 +42,7 @@ describe("rmem.Error", function()
   it("reads as one line: free of a non-base address", function()
     local r <close> = p:alloc(2 * PAGE)
     local e = helpers.error_of(p.free, p, r.address + PAGE)
-    assert.equal(("rmem: free(pid %d, 0x%x) failed: %s "
+    assert.equal(e.where .. (": rmem: free(pid %d, 0x%x) failed: %s "
       .. "Hint: free needs the base address that alloc returned (MEM_RELEASE releases "
       .. "whole allocations only)."):format(t.pid, r.address + PAGE, os_part("ERROR_INVALID_ADDRESS")),
       tostring(e))
@@ -52,20 +52,22 @@ describe("rmem.Error", function()
   it("reads as one line: protect of reserved pages", function()
     local r <close> = p:alloc(PAGE, { commit = false })
     local e = helpers.error_of(p.protect, p, r.address, PAGE, "r")
-    assert.equal(("rmem: protect(pid %d, 0x%x, 4096 bytes) failed: %s "
+    assert.equal(e.where .. (": rmem: protect(pid %d, 0x%x, 4096 bytes) failed: %s "
       .. "Hint: protect needs committed pages inside one allocation: commit them first "
       .. "(reserved and free pages have no protection)."):format(t.pid, r.address,
         os_part("ERROR_INVALID_ADDRESS")), tostring(e))
   end)
 
-  it("reads as one line: a zero-size alloc", function()
-    local e = helpers.error_of(p.alloc, p, 0)
+  it("reads as one line: an allocation the OS refuses", function()
+    -- (a zero size is an argument error before the OS sees it)
+    local e = helpers.error_of(p.alloc, p, PAGE, { protect = helpers.windows and "none+guard"
+      or "rw+guard" })
     local hint = helpers.windows and "the size must be positive, and the protection valid for "
       .. "the allocation type (large pages need commit and a size that is a multiple of the "
       .. "large-page size)"
       or "the size must be positive and the protection one of none, r, rw, x, rx, rwx (Linux "
       .. "has no guard, nocache, writecombine, large-page or write-watch allocations)"
-    assert.equal(("rmem: alloc(pid %d, 0 bytes) failed: %s Hint: %s."):format(t.pid,
+    assert.equal(e.where .. (": rmem: alloc(pid %d, 4096 bytes) failed: %s Hint: %s."):format(t.pid,
       os_part("ERROR_INVALID_PARAMETER"), hint), tostring(e))
   end)
 
@@ -73,8 +75,8 @@ describe("rmem.Error", function()
     local r = p:alloc(PAGE)
     r:free()
     local e = helpers.error_of(r.write, r, 0, "x")
-    assert.equal(("rmem: write(pid %d, 0x%x) failed: REGION_FREED: the region was already "
-      .. "freed. Hint: a region is released exactly once; allocate a new one."):format(
+    assert.equal(e.where .. (": rmem: write(pid %d, 0x%x) failed: REGION_FREED: the region was "
+      .. "already freed. Hint: a region is released exactly once; allocate a new one."):format(
         t.pid, r.address), tostring(e))
     assert.is_nil(e.code)
   end)
@@ -82,7 +84,7 @@ describe("rmem.Error", function()
   it("reads as one line: a pid that does not exist", function()
     local e = helpers.error_of(rmem.open, 0x7FFFFFF0)
     local code = helpers.windows and 87 or 3 -- ERROR_INVALID_PARAMETER, ESRCH
-    assert.equal(("rmem: open(pid %d) failed: %s (%d): %s Hint: no "
+    assert.equal(e.where .. (": rmem: open(pid %d) failed: %s (%d): %s Hint: no "
       .. "process has this pid (it may have exited): rmem.processes() lists the running "
       .. "ones."):format(0x7FFFFFF0, helpers.no_pid_name, code, text(code)), tostring(e))
   end)
@@ -99,7 +101,8 @@ describe("rmem.Error", function()
     assert.equal("error 123456", e.name)
     assert.equal("odd", e.message)
     assert.is_nil(e.hint)
-    assert.equal("rmem: read() failed: error 123456 (123456): odd.", tostring(e))
+    assert.matches("05%-errors_spec%.lua:%d+$", e.where)
+    assert.equal(e.where .. ": rmem: read() failed: error 123456 (123456): odd.", tostring(e))
   end)
 end)
 
@@ -130,7 +133,7 @@ describe("protection strings", function()
     for _, bad in ipairs { "", "rwz", "RW", "rw+", "rw+guardx", "+guard", "rw guard", "rw+Guard" } do
       assert.has_error(function() rmem.protect_value(bad) end,
         ("bad argument #1 to 'protect_value' (unknown protection '%s' (expected none, r, rw, "
-          .. "wc, x, rx, rwx or xwc, optionally with +guard, +nocache or +writecombine))"):format(bad))
+          .. "wc, x, rx, rwx or xwc, optionally with +guard, +nocache or +writecombine; filters also take readable, writable or executable))"):format(bad))
     end
     assert.has_error(function() rmem.protect_value(true) end,
       "bad argument #1 to 'protect_value' (protection must be a string or a PAGE_* number, got boolean)")

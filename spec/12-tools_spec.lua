@@ -131,7 +131,7 @@ describe("tools", function()
       assert.equal(1, n)
       range.progress = 5
       assert.has_error(function() p:scan_all("5A", range) end,
-        "bad argument #2 to 'scan' (progress must be a function, got number)")
+        "bad argument #2 to 'scan_all' (progress must be a function, got number)")
     end)
 
     it("a region freed mid-scan is skipped without failing the scan", function()
@@ -204,11 +204,11 @@ describe("tools", function()
       } do
         local ok, err = pcall(p.scan_all, p, pattern)
         assert.is_false(ok)
-        assert.matches("bad argument #1 to 'scan' %(" .. msg:gsub("%p", "%%%0"), err)
+        assert.matches("bad argument #1 to 'scan_all' %(" .. msg:gsub("%p", "%%%0"), err)
       end
       assert.has_error(function() p:scan_all({ bytes = "ab", mask = "x" }) end)
       assert.has_error(function() p:scan_all("90", { module = "no-such-module" }) end,
-        "bad argument #2 to 'scan' (no module named 'no-such-module')")
+        "bad argument #2 to 'scan_all' (no module named 'no-such-module')")
     end)
   end)
 
