@@ -133,7 +133,8 @@ describe("protection strings", function()
     for _, bad in ipairs { "", "rwz", "RW", "rw+", "rw+guardx", "+guard", "rw guard", "rw+Guard" } do
       assert.has_error(function() rmem.protect_value(bad) end,
         ("bad argument #1 to 'protect_value' (unknown protection '%s' (expected none, r, rw, "
-          .. "wc, x, rx, rwx or xwc, optionally with +guard, +nocache or +writecombine; filters also take readable, writable or executable))"):format(bad))
+          .. "wc, x, rx, rwx or xwc, optionally with +guard, +nocache or +writecombine; "
+          .. "filters also take readable, writable or executable))"):format(bad))
     end
     assert.has_error(function() rmem.protect_value(true) end,
       "bad argument #1 to 'protect_value' (protection must be a string or a PAGE_* number, got boolean)")
