@@ -151,12 +151,12 @@ local function root_open_hint(pid)
   end
   if #names > 0 then
     return ("rmem runs as root with CAP_SYS_PTRACE, but the process holds capabilities this "
-      .. "one lacks (%s), as a container's or VM's own init does: the kernel keeps it closed "
-      .. "to processes with fewer privileges; run rmem with those capabilities (outside the "
+      .. "one lacks (%s), as a container's or VM's own init does, and the kernel refused a "
+      .. "process with fewer privileges: run rmem with those capabilities (outside the "
       .. "container)"):format(table.concat(names, ", "))
   end
-  return "rmem runs as root with CAP_SYS_PTRACE, yet the kernel refused: a security module "
-    .. "(SELinux, AppArmor, Yama) protects the process"
+  return "rmem runs as root with CAP_SYS_PTRACE, and the kernel refused all the same: a "
+    .. "security module (SELinux, AppArmor) may protect the process"
 end
 
 --- Opens a process by pid or by executable name (case-insensitive).
