@@ -247,10 +247,10 @@ describe("hardening (issue 10)", function()
   end)
 
   describe("errors that reach the user are rmem's (#13)", function()
-    it("a pattern longer than a scan reads at a time is an argument error of scan", function()
+    it("a pattern longer than a scan reads at a time is an argument error of scan_all", function()
       local long = { bytes = ("\0"):rep((1 << 20) + 2), mask = ("x"):rep((1 << 20) + 2) }
       local e = helpers.error_of(p.scan_all, p, long)
-      assert.matches("^.-bad argument #1 to 'scan' %(the pattern is 1048578 bytes long", e)
+      assert.matches("^.-bad argument #1 to 'scan_all' %(the pattern is 1048578 bytes long", e)
     end)
 
     it("p:unpack with an integer wider than Lua's is an argument error of unpack", function()
@@ -290,9 +290,9 @@ describe("hardening (issue 10)", function()
     it("a module table needs the fields its method uses", function()
       local m = p:module(helpers.target_name)
       assert.has_error(function() p:scan_all("90", { module = { base = m.base } }) end,
-        "bad argument #2 to 'scan' (a module table needs an integer base and size, as p:module() gives)")
+        "bad argument #2 to 'scan_all' (a module table needs an integer base and size, as p:module() gives)")
       assert.has_error(function() p:scan_all("90", { module = { base = math.maxinteger, size = 2 } }) end,
-        "bad argument #2 to 'scan' (a module table needs an integer base and size, as p:module() gives)")
+        "bad argument #2 to 'scan_all' (a module table needs an integer base and size, as p:module() gives)")
       assert.has_error(function() p:proc_address({ name = "x" }, "f") end,
         "bad argument #1 to 'proc_address' (a module table needs an integer base"
           .. (helpers.linux and " and path" or "") .. ", as p:module() gives)")
