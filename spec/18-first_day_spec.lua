@@ -51,7 +51,14 @@ describe("a first day with rmem", function()
       local e, at = error_of(function() p:read_i32("0x10") end), here()
       starts(at .. ": bad argument #1 to 'read_i32' (address must be an integer, got string)", e)
       e, at = error_of(function() p:call(0x1000, -30) end), here()
-      starts(at .. ": bad argument #2 to 'call' (arg must not be negative, got -30)", e)
+      if helpers.windows and p.bits == 64 then
+        -- (Windows passes a signed argument through a stub: the OS refuses the
+        -- thread to a process opened without PROCESS_CREATE_THREAD)
+        assert.equal("call", e.op)
+        starts(at .. ": rmem: call(pid " .. p.pid, tostring(e))
+      else
+        starts(at .. ": bad argument #2 to 'call' (arg must not be negative, got -30)", e)
+      end
       e, at = error_of(function() p:write_u32(0x1000, 1, 5) end), here()
       starts(at .. ": bad argument #3 to 'write_u32' (options must be a table, got number)", e)
       e, at = error_of(function() p:scan_all("48 zz") end), here()
