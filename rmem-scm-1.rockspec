@@ -39,12 +39,13 @@ external_dependencies = {
 local function make_platform(plat)
   local core = {
     windows = {
-      sources = { "src/core.c", "src/backend_win.c", "src/scan.c", "src/ptrmap.c" },
+      sources = { "src/core.c", "src/backend_win.c", "src/scan.c", "src/ptrmap.c", "src/threads_win.c" },
       libraries = { "kernel32", "advapi32" },
       incdirs = { "src" },
     },
     linux = {
-      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c", "src/ptrmap.c" },
+      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c", "src/ptrmap.c",
+        "src/threads_linux.c" },
       incdirs = { "src" },
     },
   }
@@ -55,6 +56,7 @@ local function make_platform(plat)
       ["rmem.code"] = "lua/rmem/code.lua",
       ["rmem.error"] = "lua/rmem/error.lua",
       ["rmem.func"] = "lua/rmem/func.lua",
+      ["rmem.hook"] = "lua/rmem/hook.lua",
       ["rmem.live"] = "lua/rmem/live.lua",
       ["rmem.patch"] = "lua/rmem/patch.lua",
       ["rmem.process"] = "lua/rmem/process.lua",

@@ -2,6 +2,7 @@
 -- example target's own functions (examples/target.c).
 local rmem = require "rmem"
 local helpers = require "spec.helpers"
+local sleep = require("system").sleep -- (luasystem, as busted has it)
 
 local bin = helpers.windows and helpers.root .. "/build/windows/bin/" or helpers.root .. "/build/linux/"
 
@@ -143,5 +144,221 @@ describe("p:make_signature", function()
     assert.matches("no unique signature within 2 bytes", why, 1, true)
     p1:close() p2:close()
     t1:stop() t2:stop()
+  end)
+end)
+
+--- The exported functions of a module of the target: ELF dynamic symbols
+-- (from the file) on Linux, the export table (from memory) on Windows,
+-- without forwarders and data; { name = address }.
+local function exports(p, m)
+  local list = {}
+  if helpers.windows then
+    local pe = m.base + p:read_u32(m.base + 0x3C)
+    local dir = pe + 24 + 112
+    local rva, size = p:read_u32(dir), p:read_u32(dir + 4)
+    local _, nnames, funcs, names, ords = p:unpack(m.base + rva + 20, "<I4I4I4I4I4")
+    for k = 0, nnames - 1 do
+      local fn = p:read_u32(m.base + funcs + 4 * p:read_u16(m.base + ords + 2 * k))
+      if fn ~= 0 and (fn < rva or fn >= rva + size) then
+        list[p:read_string(m.base + p:read_u32(m.base + names + 4 * k), 256)] = m.base + fn
+      end
+    end
+  else
+    local elf = helpers.read_file(m.path)
+    local is64 = elf:byte(5) == 2
+    local A = is64 and "I8" or "I4"
+    local shoff = string.unpack("<" .. A, elf, is64 and 0x29 or 0x21)
+    local shentsize, shnum = string.unpack("<I2I2", elf, is64 and 0x3B or 0x2F)
+    local sections = {}
+    for k = 0, shnum - 1 do
+      local _, stype, _, _, offset, size, link = string.unpack("<I4I4" .. A:rep(4) .. "I4", elf,
+        shoff + k * shentsize + 1)
+      sections[k] = { type = stype, offset = offset, size = size, link = link }
+    end
+    for _, s in pairs(sections) do
+      if s.type == 11 then -- SHT_DYNSYM
+        local strtab = sections[s.link].offset
+        local entsize = is64 and 24 or 16
+        for k = 1, s.size // entsize - 1 do
+          local at, nameoff, value, info, shndx = s.offset + k * entsize + 1
+          if is64 then nameoff, info, _, shndx, value = string.unpack("<I4BBI2I8", elf, at)
+          else nameoff, value, _, info, _, shndx = string.unpack("<I4I4I4BBI2", elf, at) end
+          local stt = info & 0xF
+          if shndx ~= 0 and value ~= 0 and (stt == 2 or stt == 10) then -- FUNC, IFUNC
+            list[elf:match("^[^%z]*", strtab + nameoff + 1)] = m.base + value
+          end
+        end
+      end
+    end
+  end
+  return list
+end
+
+--- Hooks every exported function of the named modules with a no-op payload
+-- and restores it: the figures, and a check that everything came back.
+local function hook_every_export(p, names)
+  local installed, refused, reasons, seen = 0, 0, {}, {}
+  for _, name in ipairs(names) do
+    local m = assert(p:module(name))
+    local fns = {}
+    for fname, a in pairs(exports(p, m)) do
+      local info = p:query(a)
+      -- aliases hook once; data exports (Windows) are not code
+      if not seen[a] and info.protect and info.protect:find("x") then
+        seen[a] = true
+        fns[#fns + 1] = { fname, a }
+      end
+    end
+    table.sort(fns, function(x, y) return x[2] < y[2] end)
+    for _, f in ipairs(fns) do
+      local a = f[2]
+      local before, prot = p:read(a, 16), p:query(a).protect
+      local ok, h = pcall(p.hook, p, a, "")
+      if ok then
+        installed = installed + 1
+        assert.equal(0xE9, p:read_u8(a), f[1])
+        h:restore()
+      else
+        assert.is_true(rmem.is_error(h), tostring(h))
+        assert.equal("HOOK_REFUSED", h.name, f[1] .. ": " .. tostring(h))
+        assert.is_true(#h.message > 10)
+        refused = refused + 1
+        local why = h.message:gsub("0x%x+", "X"):gsub("%(.-%)", "(..)"):gsub("%d+", "N")
+        reasons[why] = (reasons[why] or 0) + 1
+      end
+      assert.equal(before, p:read(a, 16), f[1])
+      assert.equal(prot, p:query(a).protect, f[1])
+    end
+  end
+  return installed, refused, reasons
+end
+
+describe("p:hook", function()
+  local p, t, m, f, d
+  local arg2 = helpers.windows and "rdx" or "rsi"
+  local set_arg2_99 = helpers.windows and "\xBA\x63\0\0\0" or "\xBE\x63\0\0\0" -- mov edx/esi, 99
+
+  before_each(function()
+    p, t, m = open_build("rmem-target", { calls = 1 })
+    f, d = symbols("rmem-target")
+    for k, v in pairs(f) do f[k] = m.base + v end
+    for k, v in pairs(d) do d[k] = m.base + v end
+  end)
+  after_each(function()
+    p:close()
+    t:stop()
+  end)
+
+  --- The value at address once it satisfies ok (a thread of the target changes it).
+  local function settles(address, ok)
+    local v
+    for _ = 1, 500 do
+      v = p:read_i32(address)
+      if ok(v) then return v end
+      sleep(0.01)
+    end
+    return v
+  end
+
+  it("logs the calls of a function a target thread makes, and restores it", function()
+    local before, prot, maps = p:read(f.hook_add, 16), p:query(f.hook_add).protect, helpers.mapped_count(p)
+    local h = p:hook(f.hook_add, { log = { arg2, "rsp" } })
+    assert.matches("^rmem.Hook 0x%x+ %(log, %d+ bytes moved, pid %d+%)$", tostring(h))
+    assert.equal(0xE9, p:read_u8(f.hook_add))
+    local hits = {}
+    for _ = 1, 200 do
+      for _, hit in ipairs(h:hits()) do hits[#hits + 1] = hit end
+      if #hits >= 50 then break end
+      sleep(0.005)
+    end
+    assert.is_true(#hits >= 50)
+    for _, hit in ipairs(hits) do
+      assert.equal(7, hit[arg2])   -- hook_add(calls % 1000, 7)
+      assert.is_true(hit.thread > 0)
+      assert.equal(0, hit.rsp % 8)
+    end
+    assert.is_true(h.dropped >= 0)
+    h:restore()
+    assert.equal(before, p:read(f.hook_add, 16))
+    assert.equal(prot, p:query(f.hook_add).protect)
+    assert.equal(maps, helpers.mapped_count(p))
+    assert.equal("HOOK_DONE", helpers.error_of(h.restore, h).name)
+    h:__close() -- after restore(), a no-op
+    local calls = p:read_i32(d.calls)
+    assert.is_true(settles(d.calls, function(v) return v > calls end) > calls, "the target still runs")
+  end)
+
+  it("runs a bytes payload that changes an argument, and the result changes", function()
+    assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+    do
+      local h <close> = p:hook(f.hook_add, set_arg2_99)
+      assert.equal(99, settles(d.last_sum, function(v) return v % 1000 == 99 end) % 1000)
+      assert.is_true(h:is_active())
+    end
+    assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+  end)
+
+  it("moves a RIP-relative load, which still reads the right data", function()
+    local first = p:disasm(f.get_setting, 1)[1]
+    assert.is_true(first.rip_relative)
+    local h <close> = p:hook(f.get_setting, "")
+    assert.is_true(h:is_active())
+    -- the moved load now lives in the trampoline, its displacement re-aimed
+    p:write_i32(d.setting, 50)
+    assert.equal(151, settles(d.last_setting, function(v) return v == 151 end))
+    p:write_i32(d.setting, 35)
+    assert.equal(106, settles(d.last_setting, function(v) return v == 106 end))
+  end)
+
+  it("calls a function of the target with the registers kept", function()
+    local score = p:read_i32(d.score)
+    local h <close> = p:hook(f.hook_add, { call = f.tick })
+    assert.equal("call", h.kind)
+    -- tick() adds 1 to score and clobbers what it likes; hook_add still adds
+    assert.is_true(settles(d.score, function(v) return v > score + 10 end) > score + 10)
+    assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+  end)
+
+  it("keeps a hook and its trampoline with keep()", function()
+    local h = p:hook(f.hook_add, set_arg2_99)
+    assert.equal(f.hook_add, h:keep())
+    h = nil -- luacheck: ignore 311
+    collectgarbage()
+    collectgarbage()
+    assert.equal(99, settles(d.last_sum, function(v) return v % 1000 == 99 end) % 1000)
+    assert.equal(0xE9, p:read_u8(f.hook_add))
+  end)
+
+  it("refuses what it cannot move, with the reason", function()
+    local r <close> = p:alloc(4096, { protect = "rwx" })
+    -- xor eax, eax; nop; nop; nop; jne (back to the nops): a branch into the moved bytes
+    r:write(0, "\x31\xC0\x90\x90\x90\x75\xFB\xC3\xCC\xCC")
+    local e = helpers.error_of(p.hook, p, r.address, "")
+    assert.equal("HOOK_REFUSED", e.name)
+    assert.matches("lands inside the bytes the hook moves", e.message)
+    -- ret; then code: too short for a jump
+    r:write(0, "\xC3\x31\xC0\xC3\xCC\xCC")
+    e = helpers.error_of(p.hook, p, r.address, "")
+    assert.matches("too short for a 5%-byte jump", e.message)
+    -- ret; then padding: fine
+    r:write(0, "\xC3\xCC\xCC\xCC\xCC\xCC")
+    p:hook(r.address, ""):restore()
+    assert.equal("\xC3\xCC\xCC\xCC\xCC\xCC", r:read(0, 6))
+    -- bad payloads are argument errors
+    assert.has_error(function() p:hook(f.hook_add, { log = { "xmm9" } }) end)
+    assert.has_error(function() p:hook(f.hook_add, 42) end)
+  end)
+
+  it("hooks and restores every export of the C library with a no-op payload", function()
+    local names = helpers.windows and { "kernel32.dll", "ntdll.dll" } or { "libc.so.6" }
+    local installed, refused, reasons = hook_every_export(p, names)
+    local share = installed / (installed + refused)
+    print(("\n  hook every export (%s): %d installed, %d refused (%.1f%%)"):format(
+      table.concat(names, ", "), installed, refused, 100 * share))
+    for why, n in pairs(reasons) do print(("    %4d  %s"):format(n, why)) end
+    assert.is_true(share >= 0.95)
+    local calls = p:read_i32(d.calls)
+    assert.is_true(settles(d.calls, function(v) return v > calls end) > calls, "the target still runs")
+    assert.is_true(p:is_alive())
   end)
 end)

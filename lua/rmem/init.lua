@@ -13,6 +13,7 @@ local remote = require "rmem.remote"
 local ptrscan = require "rmem.ptrscan"
 local func = require "rmem.func"
 local disasm = require "rmem.code"
+local hook = require "rmem.hook"
 
 typed.install(Process, Region, Region._span, core.page_size)
 scan.install(Process)
@@ -22,6 +23,7 @@ remote.install(Process)
 ptrscan.install(Process)
 func.install(Process)
 disasm.install(Process)
+hook.install(Process)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end
