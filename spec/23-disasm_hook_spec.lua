@@ -307,6 +307,8 @@ describe("p:hook", function()
     p:write_i32(d.setting, 50)
     assert.equal(151, settles(d.last_setting, function(v) return v == 151 end))
     p:write_i32(d.setting, 35)
+    h:restore()
+    assert.equal(first.bytes, p:read(f.get_setting, first.size))
     assert.equal(106, settles(d.last_setting, function(v) return v == 106 end))
   end)
 

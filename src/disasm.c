@@ -140,18 +140,11 @@ static void push_insn(lua_State *L, const cs_insn *in) {
   }
 }
 
-/* disasm(bytes, address, bits [, count]) */
-static int l_disasm(lua_State *L) {
-  Engine *e = (Engine *)luaL_checkudata(L, lua_upvalueindex(1), ENGINE);
-  size_t n;
-  const uint8_t *code = (const uint8_t *)luaL_checklstring(L, 1, &n);
-  uint64_t address = (uint64_t)luaL_checkinteger(L, 2);
+/* The handle for bits (argument 3), opened on first use. */
+static int engine_mode(lua_State *L, Engine *e) {
   lua_Integer bits = luaL_checkinteger(L, 3);
-  lua_Integer count = luaL_optinteger(L, 4, LUA_MAXINTEGER);
   int m = bits == 64;
-  lua_Integer i = 0;
   luaL_argcheck(L, bits == 32 || bits == 64, 3, "bits must be 32 or 64");
-  luaL_argcheck(L, count >= 0, 4, "count must not be negative");
   if (!e->open[m]) {
     if (cs_open(CS_ARCH_X86, m ? CS_MODE_64 : CS_MODE_32, &e->handle[m]) != CS_ERR_OK)
       return luaL_error(L, "capstone: cs_open failed");
@@ -163,12 +156,56 @@ static int l_disasm(lua_State *L) {
     }
     e->open[m] = 1;
   }
+  return m;
+}
+
+/* disasm(bytes, address, bits [, count]) */
+static int l_disasm(lua_State *L) {
+  Engine *e = (Engine *)luaL_checkudata(L, lua_upvalueindex(1), ENGINE);
+  size_t n;
+  const uint8_t *code = (const uint8_t *)luaL_checklstring(L, 1, &n);
+  uint64_t address = (uint64_t)luaL_checkinteger(L, 2);
+  int m = engine_mode(L, e);
+  lua_Integer count = luaL_optinteger(L, 4, LUA_MAXINTEGER);
+  lua_Integer i = 0;
+  luaL_argcheck(L, count >= 0, 4, "count must not be negative");
   lua_newtable(L);
   while (i < count && cs_disasm_iter(e->handle[m], &code, &n, &address, e->insn[m])) {
     push_insn(L, e->insn[m]);
     lua_rawseti(L, -2, ++i);
   }
   return 1;
+}
+
+/* branch_into(bytes, address, bits, lo, hi) -> address, text of the first
+ * instruction at or after hi whose relative branch lands in (lo, hi), or
+ * nil: a linear sweep that ends at the bytes' end, at undecodable bytes or
+ * at int3 padding after a ret or jmp (the function's end). p:hook's check
+ * that nothing else jumps into the bytes it moves, without a table per
+ * instruction. */
+static int l_branch_into(lua_State *L) {
+  Engine *e = (Engine *)luaL_checkudata(L, lua_upvalueindex(1), ENGINE);
+  size_t n;
+  const uint8_t *code = (const uint8_t *)luaL_checklstring(L, 1, &n);
+  uint64_t address = (uint64_t)luaL_checkinteger(L, 2);
+  int m = engine_mode(L, e), ended = 0;
+  uint64_t lo = (uint64_t)luaL_checkinteger(L, 4), hi = (uint64_t)luaL_checkinteger(L, 5);
+  cs_insn *in = e->insn[m];
+  while (n > 0 && !(ended && *code == 0xCC) && cs_disasm_iter(e->handle[m], &code, &n, &address, in)) {
+    const cs_x86 *x = &in->detail->x86;
+    int k;
+    ended = in->id == X86_INS_RET || in->id == X86_INS_JMP;
+    if (in->address < hi || !has_group(in->detail, CS_GRP_BRANCH_RELATIVE))
+      continue;
+    for (k = 0; k < x->op_count; k++)
+      if (x->operands[k].type == X86_OP_IMM && (uint64_t)x->operands[k].imm > lo &&
+          (uint64_t)x->operands[k].imm < hi) {
+        lua_pushinteger(L, (lua_Integer)in->address);
+        lua_pushfstring(L, "%s %s", in->mnemonic, in->op_str);
+        return 2;
+      }
+  }
+  return 0;
 }
 
 int luaopen_rmem_disasm(lua_State *L) {
@@ -182,8 +219,11 @@ int luaopen_rmem_disasm(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
   lua_pushcclosure(L, l_disasm, 1);
-  lua_setfield(L, -2, "disasm");
+  lua_setfield(L, -3, "disasm");
+  lua_pushcclosure(L, l_branch_into, 1);
+  lua_setfield(L, -2, "branch_into");
   cs_version(&major, &minor);
   lua_pushfstring(L, "Capstone %d.%d", major, minor);
   lua_setfield(L, -2, "version");

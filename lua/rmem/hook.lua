@@ -8,6 +8,7 @@ local Error = require "rmem.error"
 local code = require "rmem.code"
 
 local windows = core.platform == "windows"
+local BUSY = windows and 170 or 16 -- ERROR_BUSY, EBUSY: a thread is inside the trampoline
 
 local hook = {}
 
@@ -265,7 +266,7 @@ end
 -- ending in a ret/jmp followed by padding up to 5 bytes.
 local function plan(p, address)
   local bytes = code.read_code(p, address, SCAN)
-  local list = code.decode(bytes, address, p.bits, nil, "hook")
+  local list = code.decode(bytes:sub(1, 64), address, p.bits, nil, "hook")
   local moved, len = {}, 0
   for _, i in ipairs(list) do
     if len >= 5 then break end
@@ -278,26 +279,21 @@ local function plan(p, address)
             .. "5-byte jump"):format(len, i.text))
         end
       end
-      return moved, len, 5, list
+      return moved, len, 5, bytes
     end
   end
   if len < 5 then
     refuse(p, address, ("no instruction decodes at 0x%X"):format(address + len))
   end
-  return moved, len, len, list
+  return moved, len, len, bytes
 end
 
 --- Refuses where a branch elsewhere in the function (a linear sweep up to
 -- int3 padding after a ret/jmp, or SCAN bytes) lands inside the moved bytes.
-local function check_branches_in(p, address, list, nmoved, moved_end)
-  local after_end = false
-  for n, i in ipairs(list) do
-    if after_end and i.bytes:byte(1) == 0xCC then break end
-    if n > nmoved and i.target and i.target > address and i.target < moved_end then
-      refuse(p, address, ("the branch at 0x%X (%s) lands inside the bytes the hook moves")
-        :format(i.address, i.text))
-    end
-    after_end = i.kind == "ret" or i.kind == "jmp"
+local function check_branches_in(p, address, bytes, moved_end)
+  local at, text = code.engine("hook").branch_into(bytes, address, p.bits, address, moved_end)
+  if at then
+    refuse(p, address, ("the branch at 0x%X (%s) lands inside the bytes the hook moves"):format(at, text))
   end
 end
 
@@ -360,34 +356,87 @@ local function build(p, base, kind, payload, moved, moved_end, data, esize)
   return nil, "internal: the trampoline did not settle", code_end
 end
 
+-- Trampoline memory: 4 KiB slots from 64 KiB blocks within reach, kept
+-- per process and reused (an allocation near code is a walk of the memory
+-- map, the slowest part of a hook); a {log} hook has a region of its own for
+-- its ring.
+local BLOCK, SLOT = 65536, 4096
+local REACH = 0x7FFF0000 - BLOCK
+
+local function slot_near(p, a)
+  local pool = p._hook_pool or {}
+  p._hook_pool = pool
+  for _, b in ipairs(pool) do
+    if #b.free > 0 and (p.bits == 32 or math.abs(b.region.address - a) < REACH) then
+      return b, table.remove(b.free)
+    end
+  end
+  local region = p:alloc(BLOCK, { near = p.bits == 64 and a or nil, protect = "rwx" })
+  local b = { region = region, free = {} }
+  for off = BLOCK - SLOT, SLOT, -SLOT do b.free[#b.free + 1] = off end
+  pool[#pool + 1] = b
+  return b, 0
+end
+
+--- Memory for a trampoline near a: { base, data, release(), keep() }.
+local function trampoline_memory(p, a, kind, esize)
+  local ok, b, off
+  if kind == "log" then
+    ok, b = pcall(p.alloc, p, SLOT + ENTRIES + RING * esize, { near = p.bits == 64 and a or nil,
+      protect = "rwx" })
+  else
+    ok, b, off = pcall(slot_near, p, a)
+  end
+  if not ok then
+    if Error.is_error(b) and b.name == "NO_SPACE_NEAR" then
+      refuse(p, a, "no free memory within 2 GiB of the function for the trampoline")
+    end
+    error(b, 0)
+  end
+  if kind == "log" then
+    return { base = b.address, data = b.address + SLOT, release = function() b:free() end,
+      keep = function() b:keep() end }
+  end
+  local base = b.region.address + off
+  return { base = base, data = base + SLOT - ENTRIES,
+    release = function()
+      b.free[#b.free + 1] = off
+      -- one empty block stays for the next hook; a second goes
+      if #b.free < BLOCK // SLOT - 1 then return end
+      for k, other in ipairs(p._hook_pool) do
+        if other ~= b and #other.free == BLOCK // SLOT - 1 and not other.region._kept then
+          table.remove(p._hook_pool, k)
+          other.region:free()
+          return
+        end
+      end
+    end,
+    keep = function() b.region:keep() end }
+end
+
 --- p:hook(address, payload)
 local function new_hook(p, address, payload)
   local a = check.address(address, 1, "hook")
   local kind = check_payload(p, payload)
   code.engine("hook")
-  local moved, moved_len, patch_len, list = plan(p, a)
+  local moved, moved_len, patch_len, bytes = plan(p, a)
   local moved_end = a + moved_len
-  check_branches_in(p, a, list, #moved, moved_end)
+  check_branches_in(p, a, bytes, moved_end)
   local esize = 16 + 8 * (kind == "log" and #payload.log or 0)
-  local size = 4096 + (kind == "log" and ENTRIES + RING * esize or ENTRIES)
-  local ok, region = pcall(p.alloc, p, size, { near = p.bits == 64 and a or nil, protect = "rwx" })
-  if not ok then
-    if Error.is_error(region) and region.name == "NO_SPACE_NEAR" then
-      refuse(p, a, "no free memory within 2 GiB of the function for the trampoline")
-    end
-    error(region, 0)
-  end
-  local base, data = region.address, region.address + 4096
+  local mem = trampoline_memory(p, a, kind, esize)
+  local base, data = mem.base, mem.data
   local tramp, where, code_end = build(p, base, kind, payload, moved, moved_end, data, esize)
   if not tramp then
-    region:free()
+    mem.release()
     refuse(p, a, where)
   end
-  if #tramp > 4096 then
-    region:free()
-    check.argerror(2, "hook", "the payload is too long (the trampoline holds 4 KiB of code)")
+  if code_end > data then
+    mem.release()
+    check.argerror(2, "hook", ("the payload is too long (a trampoline holds %d bytes of code)")
+      :format(data - base))
   end
-  region:write(0, tramp)
+  p:write(base, tramp)
+  p:write(data, ("\0"):rep(ENTRIES))
   local original = p:read(a, patch_len)
   local jump = asm(a, p.bits):emit("\xE9"):rel(base, 4):finish()
   local patch = jump .. ("\x90"):rep(patch_len - 5)
@@ -399,15 +448,14 @@ local function new_hook(p, address, payload)
   end
   local done, msg, ecode = p:_handle("hook"):patch_code(a, patch, moves)
   if not done then
-    region:free()
+    mem.release()
     error(Error.from_os("hook", msg, ecode, { pid = p.pid, address = a }), 0)
   end
   local back = {}
   for from, to in pairs(where) do back[#back + 1], back[#back + 2] = to, from end
-  return setmetatable({ process = p, address = a, kind = kind, region = region, original = original,
+  return setmetatable({ process = p, address = a, kind = kind, mem = mem, original = original,
     size = patch_len, back = back, code_end = code_end, data = data, esize = esize,
-    nregs = kind == "log" and #payload.log or 0, regs = kind == "log" and payload.log or nil,
-    dropped = 0, _tail = 0 }, Hook)
+    regs = kind == "log" and payload.log or nil, dropped = 0 }, Hook)
 end
 
 local function done_error(h, op)
@@ -421,28 +469,31 @@ function Hook:restore()
   if self._done then done_error(self, "restore") end
   local p = self.process
   local h = p:_handle("restore")
-  local ok, msg, ecode = h:patch_code(self.address, self.original, self.back)
-  if not ok then error(Error.from_os("restore", msg, ecode, { pid = p.pid, address = self.address }), 0) end
+  local base, counter = self.mem.base, self.data + COUNTER
+  -- usually no thread is inside the trampoline: one stop does it all
+  local ok, msg, ecode = h:patch_code(self.address, self.original, {}, base, self.code_end, counter)
+  if not ok and ecode ~= BUSY then
+    error(Error.from_os("restore", msg, ecode, { pid = p.pid, address = self.address }), 0)
+  end
+  if not ok then
+    ok, msg, ecode = h:patch_code(self.address, self.original, self.back)
+    if not ok then error(Error.from_os("restore", msg, ecode, { pid = p.pid, address = self.address }), 0) end
+    -- each try stops the threads and lets them run again: one inside moves on
+    local deadline = os.time() + 3
+    repeat
+      ok = h:patch_code(self.address, "", {}, base, self.code_end, counter)
+    until ok or not p:is_alive() or os.time() > deadline
+  end
   self._done = true
-  local base, deadline = self.region.address, os.time() + 3
-  -- each try stops the threads and lets them run again: one inside moves on
-  repeat
-    ok = h:patch_code(self.address, "", {}, base, self.code_end, self.data + COUNTER)
-    if ok then
-      self.region:free()
-      return
-    end
-    if not p:is_alive() then return end
-  until os.time() > deadline
   -- a thread stays inside (a payload function that blocks): the trampoline stays
-  self.region:keep()
+  if ok then self.mem.release() else self.mem.keep() end
 end
 
 --- The hook stays (also after the script ends), with its trampoline.
 function Hook:keep()
   if self._done then done_error(self, "keep") end
   self._done = true
-  self.region:keep()
+  self.mem.keep()
   return self.address
 end
 
