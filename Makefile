@@ -72,7 +72,7 @@ $(WIN)/bin/rmem-bench-baseline.exe: bench/baseline.c
 
 linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN)/rmem/disasm.so $(LIN_ASAN)/rmem/disasm.so $(LIN)/testproc.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target \
 	$(LIN)/rmem-target32 $(LIN)/rmem-payload.so $(LIN)/rmem-payload32.so \
-	$(LIN)/rmem-target.syms $(LIN)/rmem-target-shifted.syms
+	$(LIN)/rmem-target.syms $(LIN)/rmem-target-shifted.syms $(LIN)/rmem-target32.syms
 
 $(LIN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
 	@mkdir -p $(@D)

@@ -364,3 +364,75 @@ describe("p:hook", function()
     assert.is_true(p:is_alive())
   end)
 end)
+
+describe("p:hook in a 32-bit target", function()
+  local p, t, f, d
+
+  before_each(function()
+    local m
+    p, t, m = open_build("rmem-target32", { calls = 1 })
+    f, d = symbols("rmem-target32")
+    for k, v in pairs(f) do f[k] = m.base + v end
+    for k, v in pairs(d) do d[k] = m.base + v end
+  end)
+  after_each(function()
+    if p then p:close() t:stop() end
+  end)
+
+  local function settles(address, ok)
+    local v
+    for _ = 1, 500 do
+      v = p:read_i32(address)
+      if ok(v) then return v end
+      sleep(0.01)
+    end
+    return v
+  end
+
+  helpers.linux_it("moves a get_pc_thunk call, which still sees its original return address", function()
+    assert.equal("call", p:disasm(f.get_setting, 1)[1].kind)
+    local h <close> = p:hook(f.get_setting, "")
+    assert.is_true(h:is_active())
+    p:write_i32(d.setting, 50)
+    assert.equal(151, settles(d.last_setting, function(v) return v == 151 end))
+    p:write_i32(d.setting, 35)
+    assert.equal(106, settles(d.last_setting, function(v) return v == 106 end))
+  end)
+
+  helpers.linux_it("runs payloads: bytes that change a stack argument, a call, a log", function()
+    do -- mov dword [esp + 8], 99: hook_add's second argument
+      local h <close> = p:hook(f.hook_add, "\xC7\x44\x24\x08\x63\0\0\0")
+      assert.equal("bytes", h.kind)
+      assert.equal(99, settles(d.last_sum, function(v) return v % 1000 == 99 end) % 1000)
+    end
+    assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+    do
+      local score = p:read_i32(d.score)
+      local h <close> = p:hook(f.hook_add, { call = f.tick })
+      assert.equal("call", h.kind)
+      assert.is_true(settles(d.score, function(v) return v > score + 10 end) > score + 10)
+      assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+    end
+    local h <close> = p:hook(f.hook_add, { log = { "esp", "ebx" } })
+    local hits
+    for _ = 1, 100 do
+      hits = h:hits()
+      if #hits > 0 then break end
+      sleep(0.01)
+    end
+    assert.is_true(#hits > 0)
+    assert.equal(0, hits[1].esp % 4)
+    assert.is_true(hits[1].thread > 0)
+  end)
+
+  helpers.linux_it("hooks and restores every export of the 32-bit C library", function()
+    local installed, refused, reasons = hook_every_export(p, { "libc.so.6" })
+    local share = installed / (installed + refused)
+    print(("\n  hook every export (32-bit libc.so.6): %d installed, %d refused (%.1f%%)"):format(
+      installed, refused, 100 * share))
+    for why, n in pairs(reasons) do print(("    %4d  %s"):format(n, why)) end
+    assert.is_true(share >= 0.95)
+    local calls = p:read_i32(d.calls)
+    assert.is_true(settles(d.calls, function(v) return v > calls end) > calls, "the target still runs")
+  end)
+end)
