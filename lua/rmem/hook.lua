@@ -453,7 +453,8 @@ local function new_hook(p, address, payload)
   end
   local back = {}
   for from, to in pairs(where) do back[#back + 1], back[#back + 2] = to, from end
-  return setmetatable({ process = p, address = a, kind = kind, mem = mem, original = original,
+  return setmetatable({ process = p, address = a, kind = kind, trampoline = base, mem = mem,
+    original = original,
     size = patch_len, back = back, code_end = code_end, data = data, esize = esize,
     regs = kind == "log" and payload.log or nil, dropped = 0 }, Hook)
 end
