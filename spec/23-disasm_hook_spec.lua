@@ -117,7 +117,8 @@ describe("p:make_signature", function()
     local f1, f2 = symbols("rmem-target"), symbols("rmem-target-shifted")
     local names, moved = {}, 0
     for name in pairs(f1) do
-      if f2[name] then names[#names + 1] = name end
+      -- (names with a dot are section markers, .ctors.65535 and the like)
+      if f2[name] and not name:find(".", 1, true) then names[#names + 1] = name end
     end
     table.sort(names)
     local tried = 0
