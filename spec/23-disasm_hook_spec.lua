@@ -148,6 +148,27 @@ describe("p:make_signature", function()
   end)
 end)
 
+--- Starts a build of the target with a thread playing its game: the
+-- process, the target, and its functions and data by name (addresses).
+local function start_game(build)
+  local p, t, m = open_build(build, { calls = 1 })
+  local f, d = symbols(build)
+  for k, v in pairs(f) do f[k] = m.base + v end
+  for k, v in pairs(d) do d[k] = m.base + v end
+  return p, t, f, d
+end
+
+--- The i32 at address once it satisfies ok (a thread of the target changes it).
+local function settles(p, address, ok)
+  local v
+  for _ = 1, 500 do
+    v = p:read_i32(address)
+    if ok(v) then return v end
+    sleep(0.01)
+  end
+  return v
+end
+
 --- The exported functions of a module of the target: ELF dynamic symbols
 -- (from the file) on Linux, the export table (from memory) on Windows,
 -- without forwarders and data; { name = address }.
@@ -235,31 +256,16 @@ local function hook_every_export(p, names)
 end
 
 describe("p:hook", function()
-  local p, t, m, f, d
+  local p, t, f, d
   local arg2 = helpers.windows and "rdx" or "rsi"
   local set_arg2_99 = helpers.windows and "\xBA\x63\0\0\0" or "\xBE\x63\0\0\0" -- mov edx/esi, 99
 
-  before_each(function()
-    p, t, m = open_build("rmem-target", { calls = 1 })
-    f, d = symbols("rmem-target")
-    for k, v in pairs(f) do f[k] = m.base + v end
-    for k, v in pairs(d) do d[k] = m.base + v end
-  end)
+  before_each(function() p, t, f, d = start_game("rmem-target") end)
   after_each(function()
     p:close()
     t:stop()
   end)
 
-  --- The value at address once it satisfies ok (a thread of the target changes it).
-  local function settles(address, ok)
-    local v
-    for _ = 1, 500 do
-      v = p:read_i32(address)
-      if ok(v) then return v end
-      sleep(0.01)
-    end
-    return v
-  end
 
   it("logs the calls of a function a target thread makes, and restores it", function()
     local before, prot, maps = p:read(f.hook_add, 16), p:query(f.hook_add).protect, helpers.mapped_count(p)
@@ -286,17 +292,17 @@ describe("p:hook", function()
     assert.equal("HOOK_DONE", helpers.error_of(h.restore, h).name)
     h:__close() -- after restore(), a no-op
     local calls = p:read_i32(d.calls)
-    assert.is_true(settles(d.calls, function(v) return v > calls end) > calls, "the target still runs")
+    assert.is_true(settles(p, d.calls, function(v) return v > calls end) > calls, "the target still runs")
   end)
 
   it("runs a bytes payload that changes an argument, and the result changes", function()
-    assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+    assert.equal(7, settles(p, d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
     do
       local h <close> = p:hook(f.hook_add, set_arg2_99)
-      assert.equal(99, settles(d.last_sum, function(v) return v % 1000 == 99 end) % 1000)
+      assert.equal(99, settles(p, d.last_sum, function(v) return v % 1000 == 99 end) % 1000)
       assert.is_true(h:is_active())
     end
-    assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+    assert.equal(7, settles(p, d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
   end)
 
   it("moves a RIP-relative load, which still reads the right data", function()
@@ -306,11 +312,11 @@ describe("p:hook", function()
     assert.is_true(h:is_active())
     -- the moved load now lives in the trampoline, its displacement re-aimed
     p:write_i32(d.setting, 50)
-    assert.equal(151, settles(d.last_setting, function(v) return v == 151 end))
+    assert.equal(151, settles(p, d.last_setting, function(v) return v == 151 end))
     p:write_i32(d.setting, 35)
     h:restore()
     assert.equal(first.bytes, p:read(f.get_setting, first.size))
-    assert.equal(106, settles(d.last_setting, function(v) return v == 106 end))
+    assert.equal(106, settles(p, d.last_setting, function(v) return v == 106 end))
   end)
 
   it("calls a function of the target with the registers kept", function()
@@ -318,8 +324,8 @@ describe("p:hook", function()
     local h <close> = p:hook(f.hook_add, { call = f.tick })
     assert.equal("call", h.kind)
     -- tick() adds 1 to score and clobbers what it likes; hook_add still adds
-    assert.is_true(settles(d.score, function(v) return v > score + 10 end) > score + 10)
-    assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+    assert.is_true(settles(p, d.score, function(v) return v > score + 10 end) > score + 10)
+    assert.equal(7, settles(p, d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
   end)
 
   it("keeps a hook and its trampoline with keep()", function()
@@ -328,7 +334,7 @@ describe("p:hook", function()
     h = nil -- luacheck: ignore 311
     collectgarbage()
     collectgarbage()
-    assert.equal(99, settles(d.last_sum, function(v) return v % 1000 == 99 end) % 1000)
+    assert.equal(99, settles(p, d.last_sum, function(v) return v % 1000 == 99 end) % 1000)
     assert.equal(0xE9, p:read_u8(f.hook_add))
   end)
 
@@ -361,7 +367,7 @@ describe("p:hook", function()
     for why, n in pairs(reasons) do print(("    %4d  %s"):format(n, why)) end
     assert.is_true(share >= 0.95)
     local calls = p:read_i32(d.calls)
-    assert.is_true(settles(d.calls, function(v) return v > calls end) > calls, "the target still runs")
+    assert.is_true(settles(p, d.calls, function(v) return v > calls end) > calls, "the target still runs")
     assert.is_true(p:is_alive())
   end)
 end)
@@ -369,50 +375,35 @@ end)
 describe("p:hook in a 32-bit target", function()
   local p, t, f, d
 
-  before_each(function()
-    local m
-    p, t, m = open_build("rmem-target32", { calls = 1 })
-    f, d = symbols("rmem-target32")
-    for k, v in pairs(f) do f[k] = m.base + v end
-    for k, v in pairs(d) do d[k] = m.base + v end
-  end)
+  before_each(function() p, t, f, d = start_game("rmem-target32") end)
   after_each(function()
     if p then p:close() t:stop() end
   end)
 
-  local function settles(address, ok)
-    local v
-    for _ = 1, 500 do
-      v = p:read_i32(address)
-      if ok(v) then return v end
-      sleep(0.01)
-    end
-    return v
-  end
 
   helpers.linux_it("moves a get_pc_thunk call, which still sees its original return address", function()
     assert.equal("call", p:disasm(f.get_setting, 1)[1].kind)
     local h <close> = p:hook(f.get_setting, "")
     assert.is_true(h:is_active())
     p:write_i32(d.setting, 50)
-    assert.equal(151, settles(d.last_setting, function(v) return v == 151 end))
+    assert.equal(151, settles(p, d.last_setting, function(v) return v == 151 end))
     p:write_i32(d.setting, 35)
-    assert.equal(106, settles(d.last_setting, function(v) return v == 106 end))
+    assert.equal(106, settles(p, d.last_setting, function(v) return v == 106 end))
   end)
 
   helpers.linux_it("runs payloads: bytes that change a stack argument, a call, a log", function()
     do -- mov dword [esp + 8], 99: hook_add's second argument
       local h <close> = p:hook(f.hook_add, "\xC7\x44\x24\x08\x63\0\0\0")
       assert.equal("bytes", h.kind)
-      assert.equal(99, settles(d.last_sum, function(v) return v % 1000 == 99 end) % 1000)
+      assert.equal(99, settles(p, d.last_sum, function(v) return v % 1000 == 99 end) % 1000)
     end
-    assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+    assert.equal(7, settles(p, d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
     do
       local score = p:read_i32(d.score)
       local h <close> = p:hook(f.hook_add, { call = f.tick })
       assert.equal("call", h.kind)
-      assert.is_true(settles(d.score, function(v) return v > score + 10 end) > score + 10)
-      assert.equal(7, settles(d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
+      assert.is_true(settles(p, d.score, function(v) return v > score + 10 end) > score + 10)
+      assert.equal(7, settles(p, d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
     end
     local h <close> = p:hook(f.hook_add, { log = { "esp", "ebx" } })
     local hits
@@ -434,6 +425,6 @@ describe("p:hook in a 32-bit target", function()
     for why, n in pairs(reasons) do print(("    %4d  %s"):format(n, why)) end
     assert.is_true(share >= 0.95)
     local calls = p:read_i32(d.calls)
-    assert.is_true(settles(d.calls, function(v) return v > calls end) > calls, "the target still runs")
+    assert.is_true(settles(p, d.calls, function(v) return v > calls end) > calls, "the target still runs")
   end)
 end)
