@@ -328,6 +328,17 @@ describe("p:hook", function()
     assert.equal(7, settles(p, d.last_sum, function(v) return v % 1000 == 7 end) % 1000)
   end)
 
+  helpers.linux_it("stops the threads from a helper process: the host gets no SIGCHLD", function()
+    helpers.testproc.count_sigchld(true)
+    local ok, err = pcall(function()
+      for _ = 1, 20 do p:hook(f.hook_add, ""):restore() end
+    end)
+    local during = helpers.testproc.sigchld_count()
+    helpers.testproc.count_sigchld(false)
+    assert(ok, err)
+    assert.equal(0, during)
+  end)
+
   it("keeps a hook and its trampoline with keep()", function()
     local h = p:hook(f.hook_add, set_arg2_99)
     assert.equal(f.hook_add, h:keep())
