@@ -339,6 +339,28 @@ describe("p:hook", function()
     assert.equal(0, during)
   end)
 
+  helpers.linux_it("moves a thread that is inside the moved instructions, and back", function()
+    -- a target whose main thread is blocked in read(2): its instruction
+    -- pointer is just after the syscall instruction, which the hook moves
+    local bt = helpers.start_target()
+    local bp <close> = rmem.open(bt.pid)
+    local pc
+    for _ = 1, 200 do
+      local line = helpers.read_file(("/proc/%d/syscall"):format(bt.pid))
+      if line:match("^0 ") then pc = tonumber(line:match("(0x%x+)%s*$")) break end
+      sleep(0.01)
+    end
+    local at = assert(pc) - 2
+    assert.equal("syscall", bp:disasm(at, 1)[1].text)
+    local h = bp:hook(at, "")
+    assert.equal(1, h.moved) -- into the trampoline, after its copy of the syscall
+    h:restore()
+    assert.equal(2, h.moved) -- and back
+    -- the read restarted wherever the thread was, and gets this line
+    assert.is_true(bt.proc:send("exit 5\n"))
+    assert.equal(5, bt.proc:wait())
+  end)
+
   it("keeps a hook and its trampoline with keep()", function()
     local h = p:hook(f.hook_add, set_arg2_99)
     assert.equal(f.hook_add, h:keep())

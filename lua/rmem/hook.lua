@@ -453,8 +453,9 @@ local function new_hook(p, address, payload)
   end
   local back = {}
   for from, to in pairs(where) do back[#back + 1], back[#back + 2] = to, from end
+  -- moved: threads moved into the trampoline (and, after restore(), back)
   return setmetatable({ process = p, address = a, kind = kind, trampoline = base, mem = mem,
-    original = original,
+    moved = done, original = original,
     size = patch_len, back = back, code_end = code_end, data = data, esize = esize,
     regs = kind == "log" and payload.log or nil, dropped = 0 }, Hook)
 end
@@ -479,6 +480,7 @@ function Hook:restore()
   if not ok then
     ok, msg, ecode = h:patch_code(self.address, self.original, self.back)
     if not ok then error(Error.from_os("restore", msg, ecode, { pid = p.pid, address = self.address }), 0) end
+    self.moved = self.moved + ok
     -- each try stops the threads and lets them run again: one inside moves on
     local deadline = os.time() + 3
     repeat
