@@ -386,6 +386,11 @@ int main(int argc, char **argv) {
   sigemptyset(&usr1);
   sigaddset(&usr1, SIGUSR1);
 #endif
+#ifdef RMEM_TARGET_SHIFT
+  /* more code at the start of .text (main comes first there): everything after it moves */
+  if (argc > 100)
+    return shift_code(argc) + shift_code(argc * 3);
+#endif
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--until-eof") == 0) {
       until_eof = 1;
