@@ -386,6 +386,10 @@ describe("p:hook", function()
     r:write(0, "\xC3\xCC\xCC\xCC\xCC\xCC")
     p:hook(r.address, ""):restore()
     assert.equal("\xC3\xCC\xCC\xCC\xCC\xCC", r:read(0, 6))
+    -- a process opened for reading cannot be hooked, and keeps no trampoline
+    local ro <close> = rmem.open(p.pid, { access = "read" })
+    assert.equal(helpers.name("ERROR_ACCESS_DENIED"), helpers.error_of(ro.hook, ro, f.hook_add, "").name)
+    for _, block in ipairs(ro._hook_pool or {}) do assert.equal(16, #block.free) end
     -- bad payloads are argument errors
     assert.has_error(function() p:hook(f.hook_add, { log = { "xmm9" } }) end)
     assert.has_error(function() p:hook(f.hook_add, 42) end)

@@ -435,9 +435,16 @@ local function new_hook(p, address, payload)
     check.argerror(2, "hook", ("the payload is too long (a trampoline holds %d bytes of code)")
       :format(data - base))
   end
-  p:write(base, tramp)
-  p:write(data, ("\0"):rep(ENTRIES))
-  local original = p:read(a, patch_len)
+  -- a failure from here on (a process opened for reading) gives the memory back
+  local ok, original = pcall(function()
+    p:write(base, tramp)
+    p:write(data, ("\0"):rep(ENTRIES))
+    return p:read(a, patch_len)
+  end)
+  if not ok then
+    mem.release()
+    error(original, 0)
+  end
   local jump = asm(a, p.bits):emit("\xE9"):rel(base, 4):finish()
   local patch = jump .. ("\x90"):rep(patch_len - 5)
   local moves = {}
