@@ -8,7 +8,7 @@ CFLAGS   := -O2 -std=c99 -Wall -Wextra -Wpedantic -Werror
 WIN_LUA  := -I$(WIN)/include -L$(WIN)/lib -llua54
 WIN_DLL  := $(WIN_CC) $(CFLAGS) -shared -DLUA_BUILD_AS_DLL
 
-CORE_SRC := src/core.c src/scan.c src/ptrmap.c src/backend_win.c
+CORE_SRC := src/core.c src/scan.c src/ptrmap.c src/backend_win.c src/threads_win.c
 CORE_HDR := src/backend.h src/scan.h src/ptrmap.h
 
 # Linux: a plain build for users and the demo, and one under AddressSanitizer
@@ -16,7 +16,7 @@ CORE_HDR := src/backend.h src/scan.h src/ptrmap.h
 LIN      := build/linux
 LIN_ASAN := build/linux-asan
 LUA_INC  ?= /usr/include/lua5.4
-LIN_SRC  := src/core.c src/scan.c src/ptrmap.c src/backend_linux.c src/inject_linux.c
+LIN_SRC  := src/core.c src/scan.c src/ptrmap.c src/backend_linux.c src/inject_linux.c src/threads_linux.c
 LIN_HDR  := src/backend.h src/scan.h src/ptrmap.h src/inject_linux.h
 LIN_SO   := gcc $(CFLAGS) -fPIC -shared -I$(LUA_INC)
 SAN      := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -70,8 +70,9 @@ $(LIN)/rmem-bench-baseline: bench/baseline.c
 $(WIN)/bin/rmem-bench-baseline.exe: bench/baseline.c
 	$(WIN_CC) $(CFLAGS) -o $@ $<
 
-linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN)/testproc.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target \
-	$(LIN)/rmem-target32 $(LIN)/rmem-payload.so $(LIN)/rmem-payload32.so
+linux: $(LIN)/rmem/core.so $(LIN_ASAN)/rmem/core.so $(LIN)/rmem/disasm.so $(LIN_ASAN)/rmem/disasm.so $(LIN)/testproc.so $(LIN_ASAN)/testproc.so $(LIN)/rmem-target \
+	$(LIN)/rmem-target32 $(LIN)/rmem-payload.so $(LIN)/rmem-payload32.so \
+	$(LIN)/rmem-target.syms $(LIN)/rmem-target-shifted.syms $(LIN)/rmem-target32.syms
 
 $(LIN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
 	@mkdir -p $(@D)
@@ -80,6 +81,16 @@ $(LIN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
 $(LIN_ASAN)/rmem/core.so: $(LIN_SRC) $(LIN_HDR)
 	@mkdir -p $(@D)
 	$(LIN_SO) $(SAN) -o $@ $(LIN_SRC)
+
+# rmem.disasm: Capstone (libcapstone-dev), a module of its own so the core
+# builds without it
+$(LIN)/rmem/disasm.so: src/disasm.c
+	@mkdir -p $(@D)
+	$(LIN_SO) -o $@ $< -lcapstone
+
+$(LIN_ASAN)/rmem/disasm.so: src/disasm.c
+	@mkdir -p $(@D)
+	$(LIN_SO) $(SAN) -o $@ $< -lcapstone
 
 # (the plain one is for the valgrind run of make stress)
 $(LIN)/testproc.so: spec/support/testproc_linux.c
@@ -90,6 +101,14 @@ $(LIN_ASAN)/testproc.so: spec/support/testproc_linux.c
 
 $(LIN)/rmem-target: examples/target.c
 	gcc $(CFLAGS) -D_POSIX_C_SOURCE=200809L -pthread -rdynamic -o $@ $<
+
+# the target "after an update" (code and data inserted before its functions),
+# and the symbol tables of both, for the signature specs
+$(LIN)/rmem-target-shifted: examples/target.c
+	gcc $(CFLAGS) -DRMEM_TARGET_SHIFT -D_POSIX_C_SOURCE=200809L -pthread -o $@ $<
+
+$(LIN)/%.syms: $(LIN)/%
+	nm --defined-only $< > $@
 
 # a 32-bit target, for the ia32 injection path (gcc-multilib)
 $(LIN)/rmem-target32: examples/target.c
@@ -102,12 +121,20 @@ $(LIN)/rmem-payload.so: examples/payload.c
 $(LIN)/rmem-payload32.so: examples/payload.c
 	gcc -m32 $(CFLAGS) -fPIC -shared -o $@ $<
 
-windows: $(WIN)/lib/rmem/core.dll $(WIN)/lib/testproc.dll $(WIN)/bin/rmem-target.exe \
-	$(WIN)/bin/rmem-payload.dll
+windows: $(WIN)/lib/rmem/core.dll $(WIN)/lib/rmem/disasm.dll $(WIN)/lib/testproc.dll $(WIN)/bin/rmem-target.exe \
+	$(WIN)/bin/rmem-payload.dll $(WIN)/bin/rmem-target.syms $(WIN)/bin/rmem-target-shifted.syms
 
 $(WIN)/lib/rmem/core.dll: $(CORE_SRC) $(CORE_HDR) $(WIN)/include/lua.h
 	@mkdir -p $(@D)
 	$(WIN_DLL) -o $@ $(CORE_SRC) $(WIN_LUA) -ladvapi32
+
+# Capstone cross-compiled by scripts/bootstrap, linked in statically
+$(WIN)/lib/rmem/disasm.dll: src/disasm.c $(WIN)/include/lua.h $(WIN)/lib/libcapstone.a
+	@mkdir -p $(@D)
+	$(WIN_DLL) -isystem $(WIN)/capstone/include -o $@ $< $(WIN_LUA) -l:libcapstone.a
+
+$(WIN)/lib/libcapstone.a:
+	scripts/bootstrap
 
 $(WIN)/bin/rmem-payload.dll: examples/payload.c
 	$(WIN_CC) $(CFLAGS) -shared -o $@ $<
@@ -118,6 +145,12 @@ $(WIN)/lib/testproc.dll: spec/support/testproc_win.c $(WIN)/include/lua.h
 $(WIN)/bin/rmem-target.exe: examples/target.c
 	$(WIN_CC) $(CFLAGS) -o $@ $<
 
+$(WIN)/bin/rmem-target-shifted.exe: examples/target.c
+	$(WIN_CC) $(CFLAGS) -DRMEM_TARGET_SHIFT -o $@ $<
+
+$(WIN)/bin/%.syms: $(WIN)/bin/%.exe
+	x86_64-w64-mingw32-nm --defined-only $< > $@
+
 $(WIN)/include/lua.h:
 	scripts/bootstrap
 
@@ -126,5 +159,6 @@ lint:
 
 clean:
 	rm -rf $(LIN) $(LIN_ASAN) build/windows/lib/rmem build/windows/lib/testproc.dll build/windows/bin/rmem-target.exe \
+	  build/windows/bin/rmem-target-shifted.exe build/windows/bin/*.syms \
 	  build/windows/bin/rmem-payload.dll build/windows/bin/rmem-bench-baseline.exe
 

@@ -24,18 +24,28 @@ dependencies = {
 
 supported_platforms = { "windows", "linux" }
 
+-- Capstone 4 for rmem.disasm (p:disasm, p:make_signature, p:hook), found as
+-- luasec finds OpenSSL: CAPSTONE_DIR, or CAPSTONE_INCDIR and CAPSTONE_LIBDIR.
+external_dependencies = {
+  platforms = {
+    unix = { CAPSTONE = { header = "capstone/capstone.h", library = "capstone" } },
+    windows = { CAPSTONE = { header = "capstone/capstone.h" } },
+  },
+}
+
 -- The whole modules table for one platform: LuaRocks merges platform
 -- overrides key by key, so a per-platform `sources` list would be replaced
 -- entry by entry rather than swapped.
 local function make_platform(plat)
   local core = {
     windows = {
-      sources = { "src/core.c", "src/backend_win.c", "src/scan.c", "src/ptrmap.c" },
+      sources = { "src/core.c", "src/backend_win.c", "src/scan.c", "src/ptrmap.c", "src/threads_win.c" },
       libraries = { "kernel32", "advapi32" },
       incdirs = { "src" },
     },
     linux = {
-      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c", "src/ptrmap.c" },
+      sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c", "src/ptrmap.c",
+        "src/threads_linux.c" },
       incdirs = { "src" },
     },
   }
@@ -43,8 +53,10 @@ local function make_platform(plat)
     modules = {
       ["rmem"] = "lua/rmem/init.lua",
       ["rmem.check"] = "lua/rmem/check.lua",
+      ["rmem.code"] = "lua/rmem/code.lua",
       ["rmem.error"] = "lua/rmem/error.lua",
       ["rmem.func"] = "lua/rmem/func.lua",
+      ["rmem.hook"] = "lua/rmem/hook.lua",
       ["rmem.live"] = "lua/rmem/live.lua",
       ["rmem.patch"] = "lua/rmem/patch.lua",
       ["rmem.process"] = "lua/rmem/process.lua",
@@ -57,6 +69,13 @@ local function make_platform(plat)
       ["rmem.tools"] = "lua/rmem/tools.lua",
       ["rmem.typed"] = "lua/rmem/typed.lua",
       ["rmem.core"] = core[plat],
+      -- a module of its own: rmem.core builds and works without Capstone
+      ["rmem.disasm"] = {
+        sources = { "src/disasm.c" },
+        libraries = { "capstone" },
+        incdirs = { "$(CAPSTONE_INCDIR)" },
+        libdirs = { "$(CAPSTONE_LIBDIR)" },
+      },
     },
   }
 end

@@ -1,5 +1,8 @@
---- A code cave: divert a function of a running program into new code
--- allocated next to it, watch the program behave differently, then undo it.
+--- A code cave: divert a function of a running program into new code, watch
+-- the program behave differently, then undo it. p:hook does the delicate
+-- parts: it moves the instructions its jump covers next to it (their
+-- RIP-relative operands re-aimed), stops every thread while it writes the
+-- jump, and removes it all when the block ends.
 --   lua code_cave.lua PID
 -- The target is examples/target.c started with --tick: a thread calls
 -- tick() every millisecond, and tick() adds 1 to a global, score. The cave
@@ -7,7 +10,7 @@
 local rmem = require "rmem"
 
 local pid = assert(tonumber(arg[1]), "usage: lua code_cave.lua PID")
-local p <close> = rmem.open(pid)
+local p <close> = rmem.open(pid, { access = "all" }) -- hooks run code in the target
 
 -- tick(): mov eax, [rip+d1]; add eax, 1; mov [rip+d2], eax; ret
 local tick, score
@@ -18,6 +21,7 @@ for _, at in ipairs(p:scan_all("8B 05 ?? ?? ?? ?? 83 C0 01 89 05 ?? ?? ?? ?? C3"
 end
 assert(tick, "tick() not found: is this examples/target.c?")
 print(("tick() at %s, score at %s"):format(rmem.hex(tick), rmem.hex(score)))
+print(p:disasm(tick, 4))
 
 --- How much score grows per tick: the smallest of a few increases seen.
 local function per_tick()
@@ -31,21 +35,13 @@ local function per_tick()
 end
 print(("before: +%d per tick"):format(per_tick()))
 
--- The cave, within reach of a 32-bit jump: the first instruction of tick()
--- moved there with its rip-relative displacement fixed, add 99, jump back.
-local cave <close> = p:alloc(rmem.page_size, { near = tick, protect = "rx" })
-local function rel32(from, to) return string.pack("<i4", to - from) end
-cave:write(0, "\x8B\x05" .. rel32(cave.address + 6, score) -- mov eax, [score]
-  .. "\x83\xC0\x63"                                         -- add eax, 99
-  .. "\xE9" .. rel32(cave.address + 14, tick + 6), { force = true }) -- jmp tick+6
-print(("cave at %s, %d bytes from tick()"):format(rmem.hex(cave.address), cave.address - tick))
-
 do
-  -- jmp cave; nop: replaces exactly one instruction, so no thread can be
-  -- halfway through the bytes it covers
-  local jump <close> = p:patch(tick, "\xE9" .. rel32(tick + 5, cave.address) .. "\x90")
-  print(jump)
+  -- the payload runs before tick()'s own code: mov rax, score; add dword [rax], 99
+  -- (rax is free: tick() loads it next)
+  local cave <close> = p:hook(tick, "\x48\xB8" .. string.pack("<I8", score) .. "\x83\x00\x63")
+  print(cave)
+  print(("cave at %s, %d bytes from tick()"):format(rmem.hex(cave.trampoline), cave.trampoline - tick))
   print(("with the cave: +%d per tick"):format(per_tick()))
-end -- the patch restores tick() here
+end -- the hook restores tick() here
 
 print(("restored: +%d per tick"):format(per_tick()))

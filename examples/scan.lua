@@ -1,13 +1,14 @@
 --- Find a byte signature in a process's main module and show it.
 --   lua scan.lua PID [PATTERN]
--- The default pattern is the executable's own header magic, which every
--- module starts with ("MZ" on Windows, "\x7FELF" on Linux).
+-- The default pattern is the executable's own header, which every module
+-- starts with ("MZ" and the DOS header's next fields as linkers write them on
+-- Windows, "\x7FELF" on Linux): "4D 5A" alone may also stand in code.
 local rmem = require "rmem"
 
 local pid = assert(tonumber(arg[1]), "usage: lua scan.lua PID [PATTERN]")
 local p <close> = rmem.open(pid, { access = "read" })
 local main = p:modules()[1]
-local pattern = arg[2] or (rmem.platform == "windows" and "4D 5A ?? 00" or "7F 45 4C 46 0?")
+local pattern = arg[2] or (rmem.platform == "windows" and "4D 5A 90 00 03 00" or "7F 45 4C 46 0?")
 
 print(("scanning %s (%s, %d KiB) for %s"):format(main.name, rmem.hex(main.base), main.size // 1024,
   pattern))

@@ -29,6 +29,11 @@
  * --chain             build static -> heap A (+0x48) -> heap B (+0x10) -> a
  *                     value (0x5EED5EED00C0FFEE) at fresh heap addresses, among
  *                     decoys (examples/pointer_scan.lua, the pointer scan specs)
+ * --calls N           start N threads that call the game functions below in a
+ *                     loop (the hook specs and examples/hook_log.lua)
+ *
+ * Built with -DRMEM_TARGET_SHIFT it has more code and data before the game
+ * functions: "the game after an update", for the signature specs.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -41,6 +46,16 @@
 #define NOINLINE __declspec(noinline)
 #else
 #define NOINLINE __attribute__((noinline))
+#endif
+
+#ifdef RMEM_TARGET_SHIFT
+volatile int shift_data[97];
+NOINLINE int shift_code(int n) {
+  int i, r = 0;
+  for (i = 0; i < n; i++)
+    r += shift_data[i % 97] * i;
+  return r;
+}
 #endif
 
 volatile int score;
@@ -121,7 +136,83 @@ EXPORT NOINLINE double STDCALL rmem_test_stdcall(int32_t a, double b, float c, i
 EXPORT NOINLINE void rmem_test_store(volatile int *p, int v) { *p = v; }
 EXPORT NOINLINE int rmem_test_divide(volatile int a, volatile int b) { return a / b; }
 
+/* A small game: functions a modder would look for, hook and find again. */
+struct player {
+  int health, gold, level, armor;
+  float speed;
+};
+struct player player = {100, 0, 1, 3, 1.0f};
+volatile int setting = 35;
+volatile long calls, last_sum, last_setting;
+volatile unsigned last_checksum;
+
+NOINLINE int damage(int amount) {
+  amount -= player.armor;
+  if (amount < 0)
+    amount = 0;
+  player.health -= amount;
+  return player.health;
+}
+
+NOINLINE int heal(int amount) {
+  player.health += amount;
+  if (player.health > 100 * player.level)
+    player.health = 100 * player.level;
+  return player.health;
+}
+
+NOINLINE int add_gold(int amount) {
+  player.gold += amount * (player.level + 1) / 2;
+  return player.gold;
+}
+
+NOINLINE void level_up(void) {
+  player.level++;
+  player.armor += player.level / 3;
+  player.speed *= 1.05f;
+}
+
+NOINLINE unsigned checksum(const char *s, int n) {
+  unsigned h = 2166136261u;
+  int i;
+  for (i = 0; i < n; i++)
+    h = (h ^ (unsigned char)s[i]) * 16777619u;
+  return h;
+}
+
+/* Starts with a RIP-relative load (x86-64): a hook moves it. */
+NOINLINE long get_setting(void) {
+  return setting * 3 + 1;
+}
+
+/* The function the hook specs change an argument of. */
+NOINLINE long hook_add(long a, long b) {
+  return a * 1000 + b;
+}
+
+static void play_once(void) {
+  last_sum = hook_add(calls % 1000, 7);
+  last_checksum = checksum("rmem", 4);
+  last_setting = get_setting();
+  damage(1);
+  heal(1);
+  if (add_gold(1) > 1000000) {
+    player.gold = 0;
+    level_up();
+  }
+  calls++;
+}
+
 #ifdef _WIN32
+static DWORD WINAPI player_thread(LPVOID arg) {
+  (void)arg;
+  for (;;) {
+    play_once();
+    Sleep(0);
+  }
+  return 0;
+}
+
 static DWORD WINAPI killer(LPVOID arg) {
   Sleep((DWORD)(size_t)arg);
   TerminateProcess(GetCurrentProcess(), 137);
@@ -138,6 +229,7 @@ static DWORD WINAPI ticker(LPVOID arg) {
 }
 #else
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -168,6 +260,15 @@ static void *ticker(void *arg) {
   for (;;) {
     tick();
     nanosleep(&ts, NULL);
+  }
+  return NULL;
+}
+
+static void *player_thread(void *arg) {
+  (void)arg;
+  for (;;) {
+    play_once();
+    sched_yield();
   }
   return NULL;
 }
@@ -285,6 +386,11 @@ int main(int argc, char **argv) {
   sigemptyset(&usr1);
   sigaddset(&usr1, SIGUSR1);
 #endif
+#ifdef RMEM_TARGET_SHIFT
+  /* more code at the start of .text (main comes first there): everything after it moves */
+  if (argc > 100)
+    return shift_code(argc) + shift_code(argc * 3);
+#endif
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--until-eof") == 0) {
       until_eof = 1;
@@ -311,6 +417,18 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[i], "--chain") == 0) {
       if (!build_chain())
         return 4;
+    } else if (strcmp(argv[i], "--calls") == 0 && i + 1 < argc) {
+      int n = atoi(argv[++i]), t;
+      for (t = 0; t < n; t++) {
+#ifdef _WIN32
+        if (CreateThread(NULL, 0, player_thread, NULL, 0, NULL) == NULL)
+          return 4;
+#else
+        pthread_t th;
+        if (pthread_create(&th, NULL, player_thread, NULL) != 0)
+          return 4;
+#endif
+      }
     } else if (strcmp(argv[i], "--die-after") == 0 && i + 1 < argc) {
       size_t ms = (size_t)atol(argv[++i]);
 #ifdef _WIN32
@@ -355,7 +473,7 @@ int main(int argc, char **argv) {
     } else {
       fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N] "
                       "[--seccomp] [--tick] [--die-after MS] [--until-eof] [--chain] "
-                      "[--wait sigwaitinfo|epoll] [--main-exits]\n",
+                      "[--wait sigwaitinfo|epoll] [--main-exits] [--calls N]\n",
               argv[0]);
       return 1;
     }

@@ -91,6 +91,23 @@ describe("examples for tracing back", function()
 end)
 
 describe("examples for modding", function()
+  it("hook_log.lua logs the arguments of a function for a second", function()
+    local t = helpers.start_target { calls = 1 }
+    local out = run_example("hook_log.lua", tostring(t.pid))
+    local p <close> = require("rmem").open(t.pid)
+    local fn = tonumber(out:match("hooking 0x(%x+)"), 16)
+    assert.equal(0xE8, p:read_u8(fn + (helpers.windows and 2 or 3))) -- imul's 1000, as it was
+    assert.is_true(p:is_alive())
+    p:close()
+    t:stop()
+    assert.matches("imul", out, 1, true)
+    assert.matches("rmem.Hook 0x%x+ %(log, %d+ bytes moved", out)
+    local calls = tonumber(out:match("logged (%d+) calls from 1 thread"))
+    assert.is_true(calls > 100)
+    assert.matches(("first call: thread %%d+, %s = %%d+, %s = 7"):format(
+      helpers.windows and "rcx" or "rdi", helpers.windows and "rdx" or "rsi"), out)
+  end)
+
   it("code_cave.lua makes tick() add 100 through a cave, then puts it back", function()
     local t = helpers.start_target { tick = true }
     local out = run_example("code_cave.lua", tostring(t.pid))

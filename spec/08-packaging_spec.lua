@@ -53,6 +53,18 @@ describe("rmem-scm-1.rockspec", function()
       end
     end
   end)
+
+  it("builds rmem.disasm on its own, against Capstone declared as an external dependency", function()
+    for _, plat in ipairs { "unix", "windows" } do
+      assert.equal("capstone/capstone.h", spec.external_dependencies.platforms[plat].CAPSTONE.header)
+    end
+    for _, plat in pairs(spec.build.platforms) do
+      local d = plat.modules["rmem.disasm"]
+      assert.same({ "src/disasm.c" }, d.sources)
+      assert.same({ "capstone" }, d.libraries)
+      assert.same({ "$(CAPSTONE_INCDIR)" }, d.incdirs)
+    end
+  end)
 end)
 
 describe("the release", function()

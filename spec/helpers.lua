@@ -79,6 +79,10 @@ local function start(path, opts)
   if opts.seccomp then args[#args + 1] = "--seccomp" end
   if opts.tick then args[#args + 1] = "--tick" end
   if opts.chain then args[#args + 1] = "--chain" end
+  if opts.calls then
+    args[#args + 1] = "--calls"
+    args[#args + 1] = tostring(opts.calls)
+  end
   if opts.die_after then
     args[#args + 1] = "--die-after"
     args[#args + 1] = tostring(opts.die_after)
@@ -97,11 +101,13 @@ end
 -- under a seccomp filter; tick = true (both) for a thread calling tick()
 -- every millisecond (examples/code_cave.lua); die_after = ms (both) for a
 -- target killed that long after it started; chain = true (both) for a
--- static -> heap -> heap -> value chain (examples/target.c --chain). On Linux the object also has
+-- static -> heap -> heap -> value chain (examples/target.c --chain).
+-- calls = N (both) for N threads calling the target's game functions in a
+-- loop; path = another build of the target. On Linux the object also has
 -- proc, testproc's own handle (send, wait, trace, untrace).
 function helpers.start_target(opts)
   opts = opts or {}
-  local path = opts.bits == 32 and helpers.root .. "/build/linux/rmem-target32"
+  local path = opts.path or opts.bits == 32 and helpers.root .. "/build/linux/rmem-target32"
     or helpers.target_path
   local proc = start(path, opts)
   local t = { pid = proc:pid(), proc = proc }

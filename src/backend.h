@@ -86,6 +86,25 @@ void rb_large_buffer(void *buf, size_t n);
 rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms,
                uintptr_t *result);
 
+/* A code patch made with every thread of the process stopped (p:hook). */
+typedef struct rb_move {
+  uintptr_t from, to; /* a thread stopped at from continues at to */
+} rb_move;
+typedef struct rb_patch {
+  uintptr_t addr;               /* where bytes go (n may be 0: no write) */
+  const void *bytes;
+  size_t n;
+  const rb_move *moves;
+  size_t nmoves;
+  uintptr_t busy_lo, busy_hi;   /* a thread's IP in [busy_lo, busy_hi) ... */
+  uintptr_t counter;            /* ... or a non-zero u32 here (0: none) */
+} rb_patch;
+/* Stops every thread; if one is busy (above) does nothing and gives
+ * EBUSY / ERROR_BUSY; else writes the bytes whatever the page's protection
+ * (which it leaves as it was) and moves the threads whose instruction
+ * pointer is a move's from; *moved counts them. Then resumes them all. */
+rb_err rb_patch_code(rb_proc *p, const rb_patch *patch, size_t *moved);
+
 /* One module: an executable or library mapped into a process. */
 typedef struct rb_module {
   uintptr_t base;

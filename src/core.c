@@ -428,6 +428,42 @@ static int h_tebs(lua_State *L) {
   return 1;
 }
 
+/* h:patch_code(addr, bytes, moves [, busy_lo, busy_hi [, counter]]) -> threads moved:
+ * bytes written with every thread stopped; moves is {from1, to1, from2, to2, ...}
+ * (see rb_patch_code) */
+static int h_patch_code(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  rb_patch patch;
+  rb_move *moves;
+  size_t i, moved = 0;
+  rb_err e;
+  patch.addr = check_address(L, 2);
+  patch.bytes = luaL_checklstring(L, 3, &patch.n);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  patch.nmoves = (size_t)lua_rawlen(L, 4) / 2;
+  patch.busy_lo = lua_isnoneornil(L, 5) ? 0 : check_address(L, 5);
+  patch.busy_hi = lua_isnoneornil(L, 6) ? 0 : check_address(L, 6);
+  patch.counter = lua_isnoneornil(L, 7) ? 0 : check_address(L, 7);
+  if (patch.n > UINTPTR_MAX - patch.addr)
+    return luaL_argerror(L, 3, "range wraps past the end of the address space");
+  /* a userdata, so an error below leaks nothing */
+  moves = (rb_move *)lua_newuserdatauv(L, (patch.nmoves ? patch.nmoves : 1) * sizeof *moves, 0);
+  for (i = 0; i < patch.nmoves; i++) {
+    lua_rawgeti(L, 4, (lua_Integer)(2 * i + 1));
+    lua_rawgeti(L, 4, (lua_Integer)(2 * i + 2));
+    if (!lua_isinteger(L, -2) || !lua_isinteger(L, -1))
+      return luaL_argerror(L, 4, "moves must be integer addresses");
+    moves[i].from = (uintptr_t)lua_tointeger(L, -2);
+    moves[i].to = (uintptr_t)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+  }
+  patch.moves = moves;
+  if ((e = rb_patch_code(p, &patch, &moved)))
+    return os_fail(L, "patch_code", e);
+  lua_pushinteger(L, (lua_Integer)moved);
+  return 1;
+}
+
 /* h:modules() -> { {name=, base=, size=, path=}, ... } */
 static int h_modules(lua_State *L) {
   rb_proc *p = check_proc(L);
@@ -710,6 +746,7 @@ static const luaL_Reg methods[] = {
   {"peb", h_peb},
   {"tebs", h_tebs},
   {"call", h_call},
+  {"patch_code", h_patch_code},
   {"pid", h_pid},
   {"bits", h_bits},
   {"name", h_name},

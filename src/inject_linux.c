@@ -449,11 +449,7 @@ static int last_cpu(pid_t pid, pid_t tid) {
 
 static int helper(void *arg) {
   job *j = (job *)arg;
-  sigset_t all;
   int cpu = last_cpu(j->s.pid, j->s.tid);
-  sigfillset(&all);
-  sigprocmask(SIG_BLOCK, &all, NULL);
-  setpgid(0, 0);
   /* On the target thread's CPU each step is a switch, not a cross-CPU wake-up
    * (measured: 5 against 50 microseconds a call). */
   if (cpu >= 0 && cpu < CPU_SETSIZE) {
@@ -503,37 +499,55 @@ static rb_err read_report(job *j, int fd) {
 
 #define HELPER_STACK (256 * 1024)
 
-/* Runs the helper for job j (prepared but for the thread) and waits for it. */
-static rb_err run_job(job *j) {
+typedef struct helper_call {
+  int (*entry)(void *);
+  void *arg;
+} helper_call;
+
+static int helper_start(void *arg) {
+  const helper_call *c = (const helper_call *)arg;
+  sigset_t all;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, NULL);
+  setpgid(0, 0);
+  return c->entry(c->arg);
+}
+
+rb_err rb_helper_run(int (*entry)(void *), void *arg) {
+  helper_call c;
   void *stack;
   pid_t child;
+  int st;
+  c.entry = entry;
+  c.arg = arg;
+  stack = mmap(NULL, HELPER_STACK, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED)
+    return (rb_err)errno;
+  /* exit signal 0: no SIGCHLD; CLONE_VFORK: we resume once it has exited */
+  child = clone(helper_start, (char *)stack + HELPER_STACK, CLONE_VM | CLONE_VFORK, &c);
+  if (child > 0)
+    while (waitpid(child, &st, __WALL) < 0 && errno == EINTR)
+      ;
+  munmap(stack, HELPER_STACK);
+  return child < 0 ? (rb_err)errno : 0;
+}
+
+/* Runs the helper for job j (prepared but for the thread) and waits for it. */
+static rb_err run_job(job *j) {
   rb_err e;
-  int st, report[2];
+  int report[2];
   if ((e = thread_status(j->s.tid, &j->s.syscall_step)))
     return e;
   /* (64 calls' results fit in the pipe's buffer: the helper never blocks) */
   if (pipe2(report, O_CLOEXEC))
     return (rb_err)errno;
   j->report = report[1];
-  stack = mmap(NULL, HELPER_STACK, PROT_READ | PROT_WRITE,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) {
-    e = (rb_err)errno;
-    close(report[0]);
-    close(report[1]);
-    return e;
-  }
-  /* exit signal 0: no SIGCHLD; CLONE_VFORK: we resume once it has exited */
-  child = clone(helper, (char *)stack + HELPER_STACK, CLONE_VM | CLONE_VFORK, j);
-  e = child < 0 ? (rb_err)errno : 0;
-  if (child > 0)
-    while (waitpid(child, &st, __WALL) < 0 && errno == EINTR)
-      ;
+  e = rb_helper_run(helper, j);
   close(report[1]);
   if (!e)
     e = read_report(j, report[0]);
   close(report[0]);
-  munmap(stack, HELPER_STACK);
   return e ? e : j->err;
 }
 

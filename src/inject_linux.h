@@ -36,4 +36,11 @@ rb_err rb_inject(pid_t pid, int memfd, int is32, rb_inject_call *calls, int n);
 rb_err rb_inject_fn(pid_t pid, int memfd, int is32, uintptr_t fn, uintptr_t arg,
                     unsigned long timeout_ms, uintptr_t *result);
 
+/* Runs entry(arg) in a helper process as the injections do (sharing the
+ * host's memory, no exit signal, every signal blocked, its own process
+ * group) and waits for it: the ptrace stops it causes notify the helper,
+ * never the host. Under valgrind the helper is a fork: results must come
+ * back through a pipe. */
+rb_err rb_helper_run(int (*entry)(void *), void *arg);
+
 #endif

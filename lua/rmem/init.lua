@@ -12,6 +12,8 @@ local patch = require "rmem.patch"
 local remote = require "rmem.remote"
 local ptrscan = require "rmem.ptrscan"
 local func = require "rmem.func"
+local disasm = require "rmem.code"
+local hook = require "rmem.hook"
 
 typed.install(Process, Region, Region._span, core.page_size)
 scan.install(Process)
@@ -20,6 +22,8 @@ patch.install(Process)
 remote.install(Process)
 ptrscan.install(Process)
 func.install(Process)
+disasm.install(Process)
+hook.install(Process)
 -- (after every install: p.read(...) for p:read(...) says so, and argument
 -- errors name the method the user called)
 local check = require "rmem.check"
@@ -45,6 +49,7 @@ local rmem = {
   hex = tools.hex,
   pointer_scan = ptrscan.pointer_scan,
   load_pointer_map = ptrscan.load_pointer_map,          -- rmem.hex(0x10000) -> "0x10000"
+  disasm = disasm.disasm,    -- rmem.disasm(bytes, address, bits) -> listing
 
   Error = Error,
   is_error = Error.is_error,
