@@ -6,6 +6,7 @@ local core = require "rmem.core"
 local check = require "rmem.check"
 local Error = require "rmem.error"
 local code = require "rmem.code"
+local registry = require "rmem.live"
 
 local windows = core.platform == "windows"
 local BUSY = windows and 170 or 16 -- ERROR_BUSY, EBUSY: a thread is inside the trampoline
@@ -461,10 +462,10 @@ local function new_hook(p, address, payload)
   local back = {}
   for from, to in pairs(where) do back[#back + 1], back[#back + 2] = to, from end
   -- moved: threads moved into the trampoline (and, after restore(), back)
-  return setmetatable({ process = p, address = a, kind = kind, trampoline = base, mem = mem,
-    moved = done, original = original,
+  return registry.track(setmetatable({ process = p, address = a, kind = kind, trampoline = base,
+    mem = mem, moved = done, original = original,
     size = patch_len, back = back, code_end = code_end, data = data, esize = esize,
-    regs = kind == "log" and payload.log or nil, dropped = 0 }, Hook)
+    regs = kind == "log" and payload.log or nil, dropped = 0 }, Hook))
 end
 
 local function done_error(h, op)
@@ -502,9 +503,16 @@ end
 --- The hook stays (also after the script ends), with its trampoline.
 function Hook:keep()
   if self._done then done_error(self, "keep") end
-  self._done = true
+  self._done, self._kept = true, true
   self.mem.keep()
   return self.address
+end
+
+-- For the rmem command's exit line (rmem.live): a hook of a closed process
+-- stays in the target, as a kept one does.
+function Hook:_at_exit()
+  if self._kept or (not self._done and not self.process._h) then return "keep" end
+  return not self._done and "undo" or nil
 end
 
 function Hook:is_active() return not self._done end
