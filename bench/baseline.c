@@ -268,6 +268,35 @@ static void write4k(void *p) { rw((ctx *)p, ((ctx *)p)->addr, 4096, 1); }
 static size_t bulk_n;
 static void bulk_read(void *p) { rw((ctx *)p, ((ctx *)p)->bulk, bulk_n, 0); }
 
+/* READ_MANY u32 scattered over the bulk region, as bench.lua picks them:
+ * one process_vm_readv per 1,024 of them (IOV_MAX), a ReadProcessMemory
+ * each on Windows. */
+#define READ_MANY 1000
+static uintptr_t many_addr[READ_MANY];
+
+static void read_many(void *p) {
+  ctx *c = (ctx *)p;
+  size_t i;
+#ifdef _WIN32
+  for (i = 0; i < READ_MANY; i++)
+    if (!ReadProcessMemory(c->h, (LPCVOID)many_addr[i], c->buf + 4 * i, 4, NULL))
+      die("ReadProcessMemory");
+#else
+  struct iovec local, remote[1024];
+  for (i = 0; i < READ_MANY; i += 1024) {
+    size_t k, n = READ_MANY - i < 1024 ? READ_MANY - i : 1024;
+    for (k = 0; k < n; k++) {
+      remote[k].iov_base = (void *)many_addr[i + k];
+      remote[k].iov_len = 4;
+    }
+    local.iov_base = c->buf + 4 * i;
+    local.iov_len = 4 * n;
+    if (process_vm_readv((pid_t)c->pid, &local, 1, remote, n, 0) != (ssize_t)(4 * n))
+      die("process_vm_readv");
+  }
+#endif
+}
+
 int main(int argc, char **argv) {
   ctx c;
   memset(&c, 0, sizeof c);
@@ -314,6 +343,12 @@ int main(int argc, char **argv) {
     char name[32];
     snprintf(name, sizeof name, "bulk_read_%zu", bulk_n >> 20);
     measure(name, bulk_read, &c, 1);
+  }
+  {
+    size_t i;
+    for (i = 0; i < READ_MANY; i++)
+      many_addr[i] = c.bulk + (uintptr_t)((i + 1) * 2654435761u % (c.bulk_size / 4)) * 4;
+    measure("read_many", read_many, &c, 100);
   }
   measure("memcpy", local_memcpy, &c, 1);
   measure("naive_scan", naive_scan, &c, 1);

@@ -127,6 +127,38 @@ if linux then
   row(("scan %d MiB in the target"):format(BULK // MIB), t_scan, t_scanmem, "scanmem 0.17 (whole run)",
     "far ahead")
 end
+-- 6. many values at once: 1,000 u32 scattered over the bulk region (the
+-- addresses bench/baseline.c reads too), and a bulk read into a warm buffer
+do
+  local addrs = {}
+  for i = 1, 1000 do addrs[i] = bulk.address + i * 2654435761 % (BULK // 4) * 4 end
+  local values
+  local t_many = measure(function() values = p:read_many(addrs, "u32") end, 100)
+  for i = 1, 1000, 97 do assert(values[i] == p:read_u32(addrs[i])) end
+  local t_each = measure(function()
+    for i = 1, 1000 do p:read_u32(addrs[i]) end
+  end, 10)
+  row("read_many 1,000 scattered u32", t_many, t_each, "1,000 p:read_u32 calls",
+    ("≥ 10× faster: %.1f×"):format(t_each / t_many))
+  row("read_many 1,000 scattered u32", t_many, c.read_many, linux
+    and "process_vm_readv of 1,024 pieces, in C" or "a ReadProcessMemory loop in C", "≤ 2×")
+  -- close together (a table of structs): read as a few spans
+  local near = {}
+  for i = 1, 1000 do near[i] = bulk.address + i * 2654435761 % (64 * 1024 // 4) * 4 end
+  local t_near = measure(function() p:read_many(near, "u32") end, 100)
+  local t_near_each = measure(function()
+    for i = 1, 1000 do p:read_u32(near[i]) end
+  end, 10)
+  row("read_many 1,000 u32 within 64 KiB", t_near, t_near_each, "1,000 p:read_u32 calls",
+    ("%.1f× faster"):format(t_near_each / t_near))
+  local buf = rmem.buffer(BULK)
+  local t_into = measure(function() p:read_into(buf, bulk.address, BULK) end, 1)
+  assert(buf:tostring(1, MIB) == data.text:sub(1, MIB))
+  row(("read_into %d MiB, a warm buffer"):format(BULK // MIB), t_into,
+    c[("bulk_read_%d"):format(BULK // MIB)], "one read call in C, a warm buffer",
+    ("speed ≥ 0.9×: %.2f×"):format(c[("bulk_read_%d"):format(BULK // MIB)] / t_into))
+end
+
 data = nil
 
 -- 6. pointer map and pointer scan: one pointer in every 64 bytes of the

@@ -3,7 +3,7 @@
  * does nothing, so whatever changes in its memory was done from outside.
  *
  *   rmem-target [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N]
- *               [--seccomp] [--tick] [--die-after MS] [--until-eof]
+ *               [--seccomp] [--tick] [--countdown PATH] [--die-after MS] [--until-eof]
  *               [--chain] [--wait sigwaitinfo|epoll] [--main-exits]
  *
  * --ready-event NAME  Windows: set the named event once started (the test helper)
@@ -14,6 +14,9 @@
  * --seccomp           Linux: run under an allow-all seccomp filter
  * --tick              call tick() every millisecond in a thread: it adds 1 to
  *                     score (examples/code_cave.lua changes that from outside)
+ * --countdown PATH   write the address of countdown (a 32-bit int, 1000000 at
+ *                     start) to PATH, then subtract 1 from it every 10 ms in a
+ *                     thread (the freeze specs hold it from outside)
  * --die-after MS      be killed (as by SIGKILL / TerminateProcess) MS milliseconds
  *                     after starting, whatever it is doing (the fault specs)
  * --until-eof         read commands from standard input: "exit N" exits with
@@ -59,6 +62,7 @@ NOINLINE int shift_code(int n) {
 #endif
 
 volatile int score;
+volatile int countdown = 1000000;
 
 
 /* Compiles to "mov eax, [score]; add eax, 1; mov [score], eax; ret" with
@@ -219,6 +223,15 @@ static DWORD WINAPI killer(LPVOID arg) {
   return 0;
 }
 
+static DWORD WINAPI counter(LPVOID arg) {
+  (void)arg;
+  for (;;) {
+    countdown -= 1;
+    Sleep(10);
+  }
+  return 0;
+}
+
 static DWORD WINAPI ticker(LPVOID arg) {
   (void)arg;
   for (;;) {
@@ -269,6 +282,16 @@ static void *player_thread(void *arg) {
   for (;;) {
     play_once();
     sched_yield();
+  }
+  return NULL;
+}
+
+static void *counter(void *arg) {
+  struct timespec ts = {0, 10000000};
+  (void)arg;
+  for (;;) {
+    countdown -= 1;
+    nanosleep(&ts, NULL);
   }
   return NULL;
 }
@@ -429,6 +452,22 @@ int main(int argc, char **argv) {
           return 4;
 #endif
       }
+    } else if (strcmp(argv[i], "--countdown") == 0 && i + 1 < argc) {
+      FILE *f = fopen(argv[++i], "w");
+      if (f == NULL)
+        return 2;
+      fprintf(f, "%p\n", (void *)&countdown);
+      fclose(f);
+#ifdef _WIN32
+      if (CreateThread(NULL, 0, counter, NULL, 0, NULL) == NULL)
+        return 4;
+#else
+      {
+        pthread_t th;
+        if (pthread_create(&th, NULL, counter, NULL) != 0)
+          return 4;
+      }
+#endif
     } else if (strcmp(argv[i], "--die-after") == 0 && i + 1 < argc) {
       size_t ms = (size_t)atol(argv[++i]);
 #ifdef _WIN32
@@ -472,7 +511,7 @@ int main(int argc, char **argv) {
 #endif
     } else {
       fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N] "
-                      "[--seccomp] [--tick] [--die-after MS] [--until-eof] [--chain] "
+                      "[--seccomp] [--tick] [--countdown PATH] [--die-after MS] [--until-eof] [--chain] "
                       "[--wait sigwaitinfo|epoll] [--main-exits] [--calls N]\n",
               argv[0]);
       return 1;

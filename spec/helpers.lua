@@ -83,6 +83,10 @@ local function start(path, opts)
     args[#args + 1] = "--calls"
     args[#args + 1] = tostring(opts.calls)
   end
+  if opts.countdown then
+    args[#args + 1] = "--countdown"
+    args[#args + 1] = helpers.native_path(opts.countdown)
+  end
   if opts.die_after then
     args[#args + 1] = "--die-after"
     args[#args + 1] = tostring(opts.die_after)
@@ -101,7 +105,9 @@ end
 -- under a seccomp filter; tick = true (both) for a thread calling tick()
 -- every millisecond (examples/code_cave.lua); die_after = ms (both) for a
 -- target killed that long after it started; chain = true (both) for a
--- static -> heap -> heap -> value chain (examples/target.c --chain).
+-- static -> heap -> heap -> value chain (examples/target.c --chain); countdown
+-- = path (both) for a target that writes the address of an int it decrements
+-- every 10 ms to that file;
 -- calls = N (both) for N threads calling the target's game functions in a
 -- loop; path = another build of the target. On Linux the object also has
 -- proc, testproc's own handle (send, wait, trace, untrace).

@@ -76,6 +76,35 @@ rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done);
 rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n,
                 size_t *done);
 
+/* One piece of a batched read (rb_read_pieces). */
+typedef struct rb_piece {
+  uintptr_t addr;
+  size_t n;
+  int ok; /* set to 1 when all n bytes were read */
+} rb_piece;
+
+/* Reads the pieces into buf one after the other (each at the sum of the
+ * sizes before it), in as few OS calls as the OS allows. A piece that cannot
+ * be read whole gets ok = 0 and undefined bytes; the call fails only when
+ * the process itself cannot be read (it has exited: ESRCH on Linux). */
+rb_err rb_read_pieces(rb_proc *p, rb_piece *pieces, size_t count, void *buf);
+
+/* A second handle on p's process, independent of p (its own OS handle,
+ * its own state), for another thread; rb_close releases it. */
+rb_err rb_dup(const rb_proc *p, rb_proc **out);
+
+/* A thread of the host's own (thread_linux.c, thread_win.c). */
+typedef struct rb_thread rb_thread;
+typedef void (*rb_thread_fn)(rb_thread *self, void *arg);
+rb_err rb_thread_start(rb_thread_fn fn, void *arg, rb_thread **out);
+/* For fn: waits ms milliseconds, or less once asked to stop; 1 if asked. */
+int rb_thread_wait(rb_thread *t, unsigned long ms);
+/* 1 once fn has returned (what it wrote before is then visible). */
+int rb_thread_done(rb_thread *t);
+/* Asks the thread to stop, waits until fn has returned, and frees t. */
+void rb_thread_join(rb_thread *t);
+void rb_sleep(unsigned long ms);
+
 /* A hint for a large buffer of the host's about to be filled: Linux backs
  * it with huge pages, which fault in 512 times less often. */
 void rb_large_buffer(void *buf, size_t n);

@@ -299,6 +299,22 @@ rb_err rb_open_self(rb_proc **out) {
   return e;
 }
 
+rb_err rb_dup(const rb_proc *p, rb_proc **out) {
+  rb_proc *d;
+  rb_err e = new_proc(p->pid, p->is_self, p->access, &d);
+  if (e)
+    return e;
+  if (p->pidfd >= 0 && (d->pidfd = fcntl(p->pidfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+    e = (rb_err)errno;
+    rb_close(d);
+    return e;
+  }
+  d->bits = p->bits;
+  d->start_time = p->start_time;
+  *out = d;
+  return 0;
+}
+
 void rb_close(rb_proc *p) {
   size_t i;
   if (p->pidfd >= 0)
@@ -430,6 +446,55 @@ rb_err rb_read(rb_proc *p, uintptr_t addr, void *buf, size_t n, size_t *done) {
 
 rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n, size_t *done) {
   return transfer(p, addr, (void *)buf, n, done, 1);
+}
+
+/* One process_vm_readv of pieces [0, count) (at most IOV_MAX of them, none
+ * empty) into buf: the bytes read, or -1 with errno. */
+static ssize_t read_batch(pid_t pid, const rb_piece *pieces, size_t count, char *buf) {
+  struct iovec local, remote[IOV_MAX];
+  size_t i, total = 0;
+  for (i = 0; i < count; i++) {
+    remote[i].iov_base = (void *)pieces[i].addr;
+    remote[i].iov_len = pieces[i].n;
+    total += pieces[i].n;
+  }
+  /* the pieces lie one after the other in buf: one local vector holds them */
+  local.iov_base = buf;
+  local.iov_len = total;
+  return process_vm_readv(pid, &local, 1, remote, (unsigned long)count, 0);
+}
+
+/* process_vm_readv stops at the first piece it cannot read: the pieces
+ * before it are read, that one is tried alone (only a failure of its own
+ * makes it unreadable), and the batch goes on after it. */
+rb_err rb_read_pieces(rb_proc *p, rb_piece *pieces, size_t count, void *buf) {
+  char *at = (char *)buf;
+  size_t i = 0;
+  while (i < count) {
+    size_t k = 0, batch;
+    ssize_t got;
+    if (pieces[i].n == 0) {
+      pieces[i++].ok = 1;
+      continue;
+    }
+    while (k < IOV_MAX && i + k < count && pieces[i + k].n > 0)
+      k++;
+    got = read_batch(p->pid, pieces + i, k, at);
+    if (got < 0 && errno != EFAULT) {
+      rb_err e = (rb_err)errno;
+      return e == ESRCH || check_same(p) ? ESRCH : e;
+    }
+    for (batch = i + k; i < batch && got >= (ssize_t)pieces[i].n; i++) {
+      pieces[i].ok = 1;
+      got -= (ssize_t)pieces[i].n;
+      at += pieces[i].n;
+    }
+    if (i < batch) { /* where it stopped */
+      pieces[i].ok = read_batch(p->pid, pieces + i, 1, at) == (ssize_t)pieces[i].n;
+      at += pieces[i++].n;
+    }
+  }
+  return 0;
 }
 
 /* ---- protections ---------------------------------------------------------------- */

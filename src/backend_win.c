@@ -69,6 +69,21 @@ rb_err rb_open_self(rb_proc **out) {
   return 0;
 }
 
+rb_err rb_dup(const rb_proc *p, rb_proc **out) {
+  rb_proc *d = (rb_proc *)malloc(sizeof *d);
+  if (d == NULL)
+    return ERROR_NOT_ENOUGH_MEMORY;
+  *d = *p;
+  if (!p->is_self && !DuplicateHandle(GetCurrentProcess(), p->h, GetCurrentProcess(), &d->h, 0,
+                                      FALSE, DUPLICATE_SAME_ACCESS)) {
+    rb_err e = last_error();
+    free(d);
+    return e;
+  }
+  *out = d;
+  return 0;
+}
+
 void rb_close(rb_proc *p) {
   if (!p->is_self)
     CloseHandle(p->h);
@@ -217,6 +232,24 @@ rb_err rb_write(rb_proc *p, uintptr_t addr, const void *buf, size_t n,
   rb_err e = ok ? 0 : last_error();
   *done = (size_t)put;
   return e;
+}
+
+/* ReadProcessMemory has no batched form: one call a piece. A failure is
+ * the process's own once it has exited. */
+rb_err rb_read_pieces(rb_proc *p, rb_piece *pieces, size_t count, void *buf) {
+  char *at = (char *)buf;
+  rb_err first = 0;
+  size_t i;
+  for (i = 0; i < count; i++) {
+    SIZE_T got = 0;
+    pieces[i].ok = pieces[i].n == 0 ||
+                   (ReadProcessMemory(p->h, (LPCVOID)pieces[i].addr, at, (SIZE_T)pieces[i].n, &got) &&
+                    got == (SIZE_T)pieces[i].n);
+    if (!pieces[i].ok && !first)
+      first = last_error();
+    at += pieces[i].n;
+  }
+  return first && WaitForSingleObject(p->h, 0) == WAIT_OBJECT_0 ? first : 0;
 }
 
 rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count) {

@@ -14,11 +14,11 @@
 #include "lauxlib.h"
 
 #include "backend.h"
+#include "core.h"
 #include "scan.h"
 #include "ptrmap.h"
 
 #define RMEM_VERSION "rmem.core 0.1.0"
-#define HANDLE_META "rmem.core.handle"
 
 /* Windows' least access for alloc/free/protect/read/write/query. */
 #define DEFAULT_ACCESS (0x0008UL | 0x0010UL | 0x0020UL | 0x0400UL | 0x100000UL)
@@ -685,6 +685,15 @@ static int h_pointers(lua_State *L) {
   return 1;
 }
 
+/* ---- for buffer.c and freeze.c (core.h) ----------------------------------------- */
+
+rb_proc *rmem_check_proc(lua_State *L) { return check_proc(L); }
+uintptr_t rmem_check_address(lua_State *L, int arg) { return check_address(L, arg); }
+size_t rmem_check_size(lua_State *L, int arg, uintptr_t address) {
+  return check_size(L, arg, address);
+}
+int rmem_os_fail(lua_State *L, const char *op, rb_err code) { return os_fail(L, op, code); }
+
 /* ---- registration ------------------------------------------------------------ */
 
 /* The Win32 numbers, on every platform (the backends give them meaning). */
@@ -762,19 +771,29 @@ static const luaL_Reg metamethods[] = {
   {NULL, NULL}
 };
 
-static void createmeta(lua_State *L) {
-  luaL_newmetatable(L, HANDLE_META);
-  luaL_setfuncs(L, metamethods, 0);
-  luaL_newlibtable(L, methods);
-  luaL_setfuncs(L, methods, 0);
+/* The metatable `name` with its metamethods, and __index the methods. */
+void rmem_createmeta(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *funcs) {
+  luaL_newmetatable(L, name);
+  luaL_setfuncs(L, meta, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, funcs, 0);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
+}
+
+void rmem_add_methods(lua_State *L, const luaL_Reg *funcs) {
+  luaL_getmetatable(L, HANDLE_META);
+  lua_getfield(L, -1, "__index");
+  luaL_setfuncs(L, funcs, 0);
+  lua_pop(L, 2);
 }
 
 RMEM_EXPORT int luaopen_rmem_core(lua_State *L) {
   int i;
   luaL_newlib(L, funcs);
-  createmeta(L);
+  rmem_createmeta(L, HANDLE_META, metamethods, methods);
+  rmem_open_buffer(L);
+  rmem_open_freeze(L);
   lua_createtable(L, 0, (int)(sizeof flags / sizeof flags[0]));
   for (i = 0; flags[i].name != NULL; i++)
     set_int(L, flags[i].name, flags[i].value);

@@ -119,6 +119,9 @@ local hints = {
   },
 }
 
+-- the methods that read or write like read and write (many.lua)
+hints.read_into, hints.dump, hints.freeze = hints.read, hints.read, hints.write
+
 local function hex(n)
   return ("0x%x"):format(n)
 end

@@ -14,6 +14,7 @@ local ptrscan = require "rmem.ptrscan"
 local func = require "rmem.func"
 local disasm = require "rmem.code"
 local hook = require "rmem.hook"
+local many = require "rmem.many"
 
 typed.install(Process, Region, Region._span, core.page_size)
 scan.install(Process)
@@ -31,6 +32,7 @@ local inline = { read = true, write = true }
 for name in pairs(typed.inline) do inline[name] = true end
 check.methods(Process, "p", { open = true, self = true, processes = true }, inline)
 check.methods(Region, "r", { new = true }, {})
+many.install(Process)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end
@@ -50,6 +52,8 @@ local rmem = {
   pointer_scan = ptrscan.pointer_scan,
   load_pointer_map = ptrscan.load_pointer_map,          -- rmem.hex(0x10000) -> "0x10000"
   disasm = disasm.disasm,    -- rmem.disasm(bytes, address, bits) -> listing
+  buffer = many.buffer,     -- rmem.buffer(n): n reusable bytes (p:read_into)
+  sleep = many.sleep,       -- rmem.sleep(ms)
 
   Error = Error,
   is_error = Error.is_error,

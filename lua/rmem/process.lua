@@ -683,4 +683,7 @@ function Process:write(address, bytes, opts)
   return #bytes
 end
 
+-- for the modules that add methods (many.lua)
+Process._handle, Process._fail = handle, fail
+
 return Process

@@ -13,6 +13,7 @@ local FORMATS = {
 }
 local DEFAULT_MAX = 4096
 local Process -- the class (typed.install)
+typed.formats = FORMATS -- for the modules that read or write values by type name
 
 local function ptr_format(p)
   return type(p) == "table" and p.bits == 32 and "<I4" or "<I8"
