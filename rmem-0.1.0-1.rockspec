@@ -40,13 +40,15 @@ external_dependencies = {
 local function make_platform(plat)
   local core = {
     windows = {
-      sources = { "src/core.c", "src/backend_win.c", "src/scan.c", "src/ptrmap.c", "src/threads_win.c" },
+      sources = { "src/core.c", "src/backend_win.c", "src/scan.c", "src/ptrmap.c", "src/threads_win.c",
+        "src/buffer.c", "src/freeze.c", "src/thread_win.c" },
       libraries = { "kernel32", "advapi32" },
       incdirs = { "src" },
     },
     linux = {
       sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c", "src/ptrmap.c",
-        "src/threads_linux.c" },
+        "src/threads_linux.c", "src/buffer.c", "src/freeze.c", "src/thread_linux.c" },
+      libraries = { "pthread" },
       incdirs = { "src" },
     },
   }
@@ -59,6 +61,7 @@ local function make_platform(plat)
       ["rmem.func"] = "lua/rmem/func.lua",
       ["rmem.hook"] = "lua/rmem/hook.lua",
       ["rmem.live"] = "lua/rmem/live.lua",
+      ["rmem.many"] = "lua/rmem/many.lua",
       ["rmem.patch"] = "lua/rmem/patch.lua",
       ["rmem.process"] = "lua/rmem/process.lua",
       ["rmem.protect"] = "lua/rmem/protect.lua",
