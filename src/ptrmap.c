@@ -158,47 +158,68 @@ int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n
   return (int)(m->n - before > (size_t)INT32_MAX ? INT32_MAX : m->n - before);
 }
 
-/* Sorts idx[0..n) by val[idx], then by idx (stable LSD radix, 11-bit digits;
- * a digit that every key shares costs nothing but its count). */
+/* A key and the index of its pair, sorted together so that each pass of
+ * the sort reads its keys in order instead of through the index. */
+typedef struct keyed {
+  uint64_t key, idx;
+} keyed;
+
+/* Sets idx[0..n) to the indices of val in value order, ties by index: an
+ * LSD radix sort (stable) over 16-bit digits, only over the bits in which
+ * the values differ (pointers share their top bits and their low three). */
 static int sort_by_value(const uint64_t *val, uint32_t *idx, size_t n) {
-  uint32_t *tmp = (uint32_t *)malloc((n ? n : 1) * sizeof *tmp);
-  size_t *count = (size_t *)malloc(2048 * sizeof *count);
-  int shift;
-  if (tmp == NULL || count == NULL) {
-    free(tmp);
+  keyed *a = (keyed *)malloc((n ? n : 1) * sizeof *a), *b = (keyed *)malloc((n ? n : 1) * sizeof *b);
+  size_t *count = (size_t *)malloc(65536 * sizeof *count), i;
+  uint64_t any = 0, all = ~(uint64_t)0, differ;
+  int shift, low = 0, high = 0;
+  if (a == NULL || b == NULL || count == NULL) {
+    free(a);
+    free(b);
     free(count);
     return 0;
   }
-  for (shift = 0; shift < 64; shift += 11) {
-    size_t i, sum = 0;
-    memset(count, 0, 2048 * sizeof *count);
+  for (i = 0; i < n; i++) {
+    a[i].key = val[i];
+    a[i].idx = i;
+    any |= val[i];
+    all &= val[i];
+  }
+  differ = any ^ all;
+  while (low < 64 && !(differ >> low & 1))
+    low++;
+  for (high = low; high < 64 && differ >> high; high++)
+    ;
+  for (shift = low; shift < high; shift += 16) {
+    size_t sum = 0;
+    keyed *t;
+    memset(count, 0, 65536 * sizeof *count);
     for (i = 0; i < n; i++)
-      count[(val[idx[i]] >> shift) & 2047]++;
-    if (n == 0 || count[(val[idx[0]] >> shift) & 2047] == n)
-      continue;
-    for (i = 0; i < 2048; i++) {
+      count[(a[i].key >> shift) & 65535]++;
+    for (i = 0; i < 65536; i++) {
       size_t c = count[i];
       count[i] = sum;
       sum += c;
     }
     for (i = 0; i < n; i++)
-      tmp[count[(val[idx[i]] >> shift) & 2047]++] = idx[i];
-    memcpy(idx, tmp, n * sizeof *idx);
+      b[count[(a[i].key >> shift) & 65535]++] = a[i];
+    t = a;
+    a = b;
+    b = t;
   }
-  free(tmp);
+  for (i = 0; i < n; i++)
+    idx[i] = (uint32_t)a[i].idx;
+  free(a);
+  free(b);
   free(count);
   return 1;
 }
 
 static int finish(ptrmap *m) {
-  size_t i;
   free(m->targets);
   m->targets = NULL;
   m->ntargets = m->captargets = 0;
   if ((m->byval = (uint32_t *)malloc((m->n ? m->n : 1) * sizeof *m->byval)) == NULL)
     return 0;
-  for (i = 0; i < m->n; i++)
-    m->byval[i] = (uint32_t)i;
   if (!sort_by_value(m->val, m->byval, m->n))
     return 0;
   m->finished = 1;
