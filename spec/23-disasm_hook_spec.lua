@@ -390,6 +390,15 @@ describe("p:hook", function()
     local ro <close> = rmem.open(p.pid, { access = "read" })
     assert.equal(helpers.name("ERROR_ACCESS_DENIED"), helpers.error_of(ro.hook, ro, f.hook_add, "").name)
     for _, block in ipairs(ro._hook_pool or {}) do assert.equal(16, #block.free) end
+    -- on Windows, as p:call, a hook needs { access = "all" }; nothing is left behind
+    if helpers.windows then
+      local rw <close> = rmem.open(p.pid)
+      local before = helpers.mapped_count(p)
+      local err = helpers.error_of(rw.hook, rw, f.hook_add, "")
+      assert.equal("ERROR_ACCESS_DENIED", err.name)
+      assert.matches('access = "all"', err.hint, 1, true)
+      assert.equal(before, helpers.mapped_count(p))
+    end
     -- bad payloads are argument errors
     assert.has_error(function() p:hook(f.hook_add, { log = { "xmm9" } }) end)
     assert.has_error(function() p:hook(f.hook_add, 42) end)

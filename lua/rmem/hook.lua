@@ -420,6 +420,12 @@ local function new_hook(p, address, payload)
   local a = check.address(address, 1, "hook")
   local kind = check_payload(p, payload)
   code.engine("hook")
+  -- as p:call: code that rmem puts in the target needs the right to run it
+  if core.platform == "windows" and p._access & core.flags.PROCESS_CREATE_THREAD == 0 then
+    error(Error.new { op = "hook", name = "ERROR_ACCESS_DENIED", code = 5, pid = p.pid, address = a,
+      message = "a hook runs code in the target, and this handle may not.",
+      hint = "open the process with rmem.open(pid, { access = \"all\" }), as for p:call" }, 0)
+  end
   local moved, moved_len, patch_len, bytes = plan(p, a)
   local moved_end = a + moved_len
   check_branches_in(p, a, bytes, moved_end)
