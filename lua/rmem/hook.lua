@@ -495,11 +495,13 @@ function Hook:restore()
     ok, msg, ecode = h:patch_code(self.address, self.original, self.back)
     if not ok then error(Error.from_os("restore", msg, ecode, { pid = p.pid, address = self.address }), 0) end
     self.moved = self.moved + ok
-    -- each try stops the threads and lets them run again: one inside moves on
-    local deadline = os.time() + 3
-    repeat
+    -- each try stops the threads and lets them run again: one inside moves
+    -- on; after about 3 s the trampoline is kept
+    for _ = 1, 300 do
       ok = h:patch_code(self.address, "", {}, base, self.code_end, counter)
-    until ok or not p:is_alive() or os.time() > deadline
+      if ok or not p:is_alive() then break end
+      core.sleep(10)
+    end
   end
   self._done = true
   -- a thread stays inside (a payload function that blocks): the trampoline stays
