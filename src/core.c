@@ -744,14 +744,37 @@ static int core_value_scan(lua_State *L) {
   return 1;
 }
 
-/* s:add_run(lo, hi): memory for the first pass, ascending */
-static int vsl_add_run(lua_State *L) {
+/* s:set_runs({lo, hi, lo, hi, ...}): the memory a pass may read, ascending */
+static int vsl_set_runs(lua_State *L) {
   vs_scan *s = check_valscan(L)->s;
-  uintptr_t lo = check_address(L, 2), hi = check_address(L, 3);
-  luaL_argcheck(L, lo < hi, 3, "empty run");
-  if (!vs_add_run(s, lo, hi))
-    return luaL_error(L, "not enough memory");
+  lua_Integer i, n, prev = 0;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_argcheck(L, !vs_active(s), 1, "a pass is running");
+  n = (lua_Integer)lua_rawlen(L, 2);
+  vs_clear_runs(s);
+  for (i = 1; i + 1 <= n; i += 2) {
+    lua_Integer lo, hi;
+    lua_rawgeti(L, 2, i);
+    lua_rawgeti(L, 2, i + 1);
+    lo = lua_tointeger(L, -2);
+    hi = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    luaL_argcheck(L, lo >= prev && lo < hi, 2, "runs must be ascending, non-empty ranges");
+    prev = hi;
+    if (!vs_add_run(s, (uintptr_t)lo, (uintptr_t)hi))
+      return luaL_error(L, "not enough memory");
+  }
   return 0;
+}
+
+/* s:bounds() -> lo, hi: where the candidates lie; nil if there are none */
+static int vsl_bounds(lua_State *L) {
+  uintptr_t lo, hi;
+  if (!vs_bounds(check_valscan(L)->s, &lo, &hi))
+    return 0;
+  lua_pushinteger(L, (lua_Integer)lo);
+  lua_pushinteger(L, (lua_Integer)hi);
+  return 2;
 }
 
 /* s:begin(op [, v1 [, v2 [, tolerance]]]): integers for the integer types,
@@ -921,7 +944,8 @@ static int vsl_tostring(lua_State *L) {
 }
 
 static const luaL_Reg valscan_methods[] = {
-  {"add_run", vsl_add_run},
+  {"set_runs", vsl_set_runs},
+  {"bounds", vsl_bounds},
   {"begin", vsl_begin},
   {"step", vsl_step},
   {"stop", vsl_stop},

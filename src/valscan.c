@@ -113,15 +113,13 @@ static void set_all(uint64_t *b, size_t n) {
     b[n / 64] = ((uint64_t)1 << (n % 64)) - 1;
 }
 
+/* (not __builtin_popcountll: without -mpopcnt it is a libgcc call, and
+ * MinGW would then tie the DLL to libgcc_s) */
 static unsigned popcount64(uint64_t x) {
-#if defined(__GNUC__)
-  return (unsigned)__builtin_popcountll(x);
-#else
   x = x - ((x >> 1) & 0x5555555555555555ULL);
   x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
   x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
   return (unsigned)((x * 0x0101010101010101ULL) >> 56);
-#endif
 }
 
 /* The index of the lowest set bit of x, which is not 0. */
@@ -857,11 +855,9 @@ static int first_one(vs_scan *s, const vs_reader *r, unsigned long *err) {
 static int next_dense(vs_scan *s, const vs_reader *r, vs_block *b, unsigned long *err) {
   unsigned char *old = b->snap;
   size_t count;
-  int rc;
   if (!ensure_scratch(s, b->len))
     return VS_NOMEM;
-  begin_block(s, b->base);
-  if ((rc = read_range(s, r, b->base, s->scratch, b->len, err)) < 0)
+  if (read_range(s, r, b->base, s->scratch, b->len, err) < 0)
     return VS_GONE;
   pair_bits(s, b, s->scratch, old, s->tmp);
   if (b->bits != NULL) {
@@ -869,7 +865,7 @@ static int next_dense(vs_scan *s, const vs_reader *r, vs_block *b, unsigned long
     for (i = 0; i < words(b->nslots); i++)
       s->tmp[i] &= b->bits[i];
   }
-  if (rc > 0)
+  if (s->anybad)
     drop_bad(s, b, s->tmp);
   count = count_bits(s->tmp, b->nslots);
   if (count == 0) {
@@ -899,7 +895,6 @@ static int next_sparse(vs_scan *s, const vs_reader *r, vs_block *b, unsigned lon
   size_t i = 0, j, kept = 0, sz = s->size;
   if (!ensure_scratch(s, b->len))
     return VS_NOMEM;
-  begin_block(s, b->base);
   while (i < b->count) {
     size_t lo = b->offs[i], hi = lo + sz;
     for (j = i + 1; j < b->count && b->offs[j] <= hi + GAP; j++)
@@ -933,16 +928,52 @@ static int next_sparse(vs_scan *s, const vs_reader *r, vs_block *b, unsigned lon
   return VS_MORE;
 }
 
+/* Marks the pages of [lo, hi) bad. */
+static void mark_bad(vs_scan *s, uintptr_t lo, uintptr_t hi) {
+  size_t pg = (lo - s->bad_base) / s->page, last = (hi - 1 - s->bad_base) / s->page;
+  for (; pg <= last; pg++)
+    s->bad[pg >> 6] |= (uint64_t)1 << (pg & 63);
+  s->anybad = 1;
+}
+
+/* Marks the pages of block b that no run covers as bad: they have gone, or
+ * lost their protection, since the last pass. 0 if none is covered. */
+static int clip(vs_scan *s, const vs_block *b) {
+  uintptr_t a = b->base, end = b->base + b->len;
+  size_t i;
+  int covered = 0;
+  while (s->run < s->nruns && s->runs[s->run].hi <= a)
+    s->run++;
+  for (i = s->run; a < end; i++) {
+    if (i >= s->nruns || s->runs[i].lo >= end) {
+      mark_bad(s, a, end);
+      break;
+    }
+    if (s->runs[i].lo > a)
+      mark_bad(s, a, s->runs[i].lo);
+    covered = 1;
+    a = s->runs[i].hi;
+  }
+  return covered;
+}
+
 static int next_one(vs_scan *s, const vs_reader *r, unsigned long *err) {
   vs_block *b;
-  int rc;
+  int rc = VS_MORE;
   if (s->r >= s->nblocks) {
     s->nblocks = s->w;
     s->active = 0;
     return VS_MORE;
   }
   b = &s->blocks[s->r];
-  rc = b->snap != NULL ? next_dense(s, r, b, err) : next_sparse(s, r, b, err);
+  begin_block(s, b->base);
+  if (!clip(s, b)) {
+    s->count -= b->count;
+    b->count = 0;
+    free_block(b);
+  } else {
+    rc = b->snap != NULL ? next_dense(s, r, b, err) : next_sparse(s, r, b, err);
+  }
   if (rc != VS_MORE)
     return rc;
   s->done += b->span;
@@ -1015,6 +1046,18 @@ void vs_free(vs_scan *s) {
   free(s);
 }
 
+void vs_clear_runs(vs_scan *s) {
+  s->nruns = 0;
+}
+
+int vs_bounds(const vs_scan *s, uintptr_t *lo, uintptr_t *hi) {
+  if (s->nblocks == 0)
+    return 0;
+  *lo = s->blocks[0].base;
+  *hi = s->blocks[s->nblocks - 1].base + s->blocks[s->nblocks - 1].len;
+  return 1;
+}
+
 int vs_add_run(vs_scan *s, uintptr_t lo, uintptr_t hi) {
   if (s->nruns == s->runcap) {
     size_t cap = s->runcap ? 2 * s->runcap : 16;
@@ -1046,7 +1089,7 @@ int vs_begin(vs_scan *s, const vs_query *q) {
     for (i = 0; i < s->nruns; i++)
       s->total += s->runs[i].hi - s->runs[i].lo;
   } else {
-    s->r = s->w = 0;
+    s->r = s->w = s->run = 0;
     for (i = 0; i < s->nblocks; i++)
       s->total += s->blocks[i].span;
   }

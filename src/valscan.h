@@ -59,9 +59,15 @@ enum { VS_MORE, VS_DONE, VS_GONE, VS_NOMEM };
 vs_scan *vs_new(vs_type type, size_t size, size_t align, size_t page, uint64_t limit);
 void vs_free(vs_scan *s);
 
-/* Adds [lo, hi) to the memory the first pass covers: before it, ascending,
- * not overlapping. 0 when out of memory. */
+/* Adds [lo, hi) to the memory a pass may read: ascending, not overlapping,
+ * between passes. The first pass reads the runs; a later one drops the
+ * candidates that no run covers (pages gone or no longer of the protection
+ * wanted: a failed read cannot tell, as Wine reads decommitted pages as
+ * zeros). 0 when out of memory. */
 int vs_add_run(vs_scan *s, uintptr_t lo, uintptr_t hi);
+void vs_clear_runs(vs_scan *s);
+/* The range the candidates lie in: 0 when there are none. */
+int vs_bounds(const vs_scan *s, uintptr_t *lo, uintptr_t *hi);
 
 /* Starts a pass (ending one that runs): the first one reads the runs, each
  * later one the blocks that hold candidates. 0 when the op needs a

@@ -167,6 +167,17 @@ local function handle(p, fname)
   return p._h
 end
 
+--- Tells the core the memory a pass may read: for the first one the whole
+-- range, for a later one where the candidates still lie.
+local function set_runs(s, from, to)
+  local flat = {}
+  for _, r in ipairs(scan.runs(s.process, from, to, s._prots)) do
+    flat[#flat + 1], flat[#flat + 2] = r[1], r[2]
+  end
+  s._st:set_runs(flat)
+  return flat[1]
+end
+
 --- Runs a pass of s: op with values a, b, reporting progress.
 local function run_pass(s, fname, op, a, b)
   local st = s._st
@@ -226,13 +237,12 @@ local function value_scan(p, vtype, op, ...)
   end
   handle(p, fname)
   local from, to = scan.bounds(p, opts, n, fname)
-  local runs = scan.runs(p, from, to, scan.protections(opts.protect or WRITABLE, n, fname))
+  local prots = scan.protections(opts.protect or WRITABLE, n, fname)
   local st = core.value_scan(t[1], size, align, limit)
-  local s = setmetatable({ process = p, type = vtype, _st = st, _size = size,
-    _progress = opts.progress, _tolerance = opts.tolerance,
-    _probe = runs[1] and runs[1][1] or 0 }, ValueScan)
+  local s = setmetatable({ process = p, type = vtype, _st = st, _size = size, _prots = prots,
+    _progress = opts.progress, _tolerance = opts.tolerance }, ValueScan)
   local ok, err = pcall(function()
-    for _, r in ipairs(runs) do st:add_run(r[1], r[2]) end
+    s._probe = set_runs(s, from, to) or 0
     run_pass(s, fname, op, a, b)
   end)
   if not ok then
@@ -250,6 +260,8 @@ function ValueScan:next(op, ...)
   local a, b, _, n, rest = values_of(t, op, NEXT_OPS, "next", 2, self._size, ...)
   if rest > 0 then check.argerror(n, "next", ("'%s' takes %s"):format(op, COUNT_WORDS[NEXT_OPS[op]])) end
   if not self.process:is_alive() then exited(self, "next") end
+  local lo, hi = self._st:bounds()
+  if lo then set_runs(self, lo, hi) end
   run_pass(self, "next", op, a, b)
   return self._st:count()
 end
