@@ -339,7 +339,7 @@ describe("p:value_scan()", function()
     local r = p:alloc(PAGE) -- (the process is closed at the end)
     local function err(fn, ...)
       local args = table.pack(...)
-      local ok, e = pcall(function() local r = fn(table.unpack(args, 1, args.n)) return r end)
+      local ok, e = pcall(function() local res = fn(table.unpack(args, 1, args.n)) return res end)
       assert.is_false(ok)
       return e
     end

@@ -292,29 +292,43 @@ static size_t simd_range(const vs_scan *s, const unsigned char *p, size_t n, uin
   const vs_cond *c = &s->c;
   /* integers: a lane matches when it is not outside, or (negate) when it is */
   const __m128i flip = c->negate ? _mm_setzero_si128() : _mm_set1_epi8(-1);
+  /* one value (==, ~=): one compare per lane; a match is equal, or (negate) not */
+  const __m128i eqflip = c->negate ? _mm_set1_epi8(-1) : _mm_setzero_si128();
   switch (s->type) {
   case VS_I8: case VS_U8: {
     const unsigned b = s->type == VS_U8 ? 0x80 : 0;
-    const __m128i bias = _mm_set1_epi8((char)b), lo = _mm_set1_epi8((char)(c->lo.u8 ^ b)),
-                  hi = _mm_set1_epi8((char)(c->hi.u8 ^ b));
+    const __m128i v = _mm_set1_epi8((char)c->lo.u8), bias = _mm_set1_epi8((char)b),
+                  lo = _mm_set1_epi8((char)(c->lo.u8 ^ b)), hi = _mm_set1_epi8((char)(c->hi.u8 ^ b));
+#define EQ8(off) _mm_xor_si128(_mm_cmpeq_epi8(LOAD128(p, off), v), eqflip)
 #define M8(off) _mm_xor_si128(out8(_mm_xor_si128(LOAD128(p, off), bias), lo, hi), flip)
+    if (c->lo.u8 == c->hi.u8)
+      SIMD_WORDS(4, 16, EQ8, BITS8);
     SIMD_WORDS(4, 16, M8, BITS8);
+#undef EQ8
 #undef M8
   }
   case VS_I16: case VS_U16: {
     const unsigned b = s->type == VS_U16 ? 0x8000 : 0;
-    const __m128i bias = _mm_set1_epi16((short)b), lo = _mm_set1_epi16((short)(c->lo.u16 ^ b)),
-                  hi = _mm_set1_epi16((short)(c->hi.u16 ^ b));
+    const __m128i v = _mm_set1_epi16((short)c->lo.u16), bias = _mm_set1_epi16((short)b),
+                  lo = _mm_set1_epi16((short)(c->lo.u16 ^ b)), hi = _mm_set1_epi16((short)(c->hi.u16 ^ b));
+#define EQ16(off) _mm_xor_si128(_mm_cmpeq_epi16(LOAD128(p, off), v), eqflip)
 #define M16(off) _mm_xor_si128(out16(_mm_xor_si128(LOAD128(p, off), bias), lo, hi), flip)
+    if (c->lo.u16 == c->hi.u16)
+      SIMD_WORDS(8, 8, EQ16, BITS16);
     SIMD_WORDS(8, 8, M16, BITS16);
+#undef EQ16
 #undef M16
   }
   case VS_I32: case VS_U32: {
     const uint32_t b = s->type == VS_U32 ? 0x80000000u : 0;
-    const __m128i bias = _mm_set1_epi32((int)b), lo = _mm_set1_epi32((int)(c->lo.u32 ^ b)),
-                  hi = _mm_set1_epi32((int)(c->hi.u32 ^ b));
+    const __m128i v = _mm_set1_epi32((int)c->lo.u32), bias = _mm_set1_epi32((int)b),
+                  lo = _mm_set1_epi32((int)(c->lo.u32 ^ b)), hi = _mm_set1_epi32((int)(c->hi.u32 ^ b));
+#define EQ32(off) _mm_xor_si128(_mm_cmpeq_epi32(LOAD128(p, off), v), eqflip)
 #define M32(off) _mm_xor_si128(out32(_mm_xor_si128(LOAD128(p, off), bias), lo, hi), flip)
+    if (c->lo.u32 == c->hi.u32)
+      SIMD_WORDS(16, 4, EQ32, BITS32);
     SIMD_WORDS(16, 4, M32, BITS32);
+#undef EQ32
 #undef M32
   }
   case VS_F32: {
