@@ -505,44 +505,29 @@ static int interval_u(vs_op op, uint64_t a, uint64_t b, uint64_t *lo, uint64_t *
   return 1;
 }
 
-/* The next double after x (not NaN) towards +inf (up) or -inf. */
-static double next_double(double x, int up) {
-  uint64_t bits;
-  if (x == 0) {
-    bits = 1;
-    memcpy(&x, &bits, sizeof x);
-    return up ? x : -x;
+/* The next value after x (not NaN) towards +inf (up) or -inf, stepping
+ * the bits: next_double and next_float. */
+#define DEFINE_NEXT(NAME, T, BITS, INF)                                                      \
+  static T NAME(T x, int up) {                                                               \
+    BITS bits;                                                                               \
+    if (x == 0) {                                                                            \
+      bits = 1;                                                                              \
+      memcpy(&x, &bits, sizeof x);                                                           \
+      return up ? x : -x;                                                                    \
+    }                                                                                        \
+    memcpy(&bits, &x, sizeof bits);                                                          \
+    if ((x > 0) == (up != 0)) {                                                              \
+      if (x == (INF) || x == -(INF))                                                         \
+        return x;                                                                            \
+      bits++;                                                                                \
+    } else {                                                                                 \
+      bits--;                                                                                \
+    }                                                                                        \
+    memcpy(&x, &bits, sizeof x);                                                             \
+    return x;                                                                                \
   }
-  memcpy(&bits, &x, sizeof bits);
-  if ((x > 0) == (up != 0)) {
-    if (x == HUGE_VAL || x == -HUGE_VAL)
-      return x;
-    bits++;
-  } else {
-    bits--;
-  }
-  memcpy(&x, &bits, sizeof x);
-  return x;
-}
-
-static float next_float(float x, int up) {
-  uint32_t bits;
-  if (x == 0) {
-    bits = 1;
-    memcpy(&x, &bits, sizeof x);
-    return up ? x : -x;
-  }
-  memcpy(&bits, &x, sizeof bits);
-  if ((x > 0) == (up != 0)) {
-    if (x == HUGE_VALF || x == -HUGE_VALF)
-      return x;
-    bits++;
-  } else {
-    bits--;
-  }
-  memcpy(&x, &bits, sizeof x);
-  return x;
-}
+DEFINE_NEXT(next_double, double, uint64_t, HUGE_VAL)
+DEFINE_NEXT(next_float, float, uint32_t, HUGE_VALF)
 
 /* The smallest float >= x (up) or the largest float <= x; x is not NaN. */
 static float to_float(double x, int up) {
