@@ -59,6 +59,49 @@ describe("p:value_scan()", function()
     assert.same({ r.address + 12 }, s3:list())
   end)
 
+  it("agrees with a slot-by-slot reference on random bytes, for every type, aligned or not", function()
+    local n = 16 * 1024
+    local bytes = {}
+    math.randomseed(11)
+    for i = 1, n // 8 do bytes[i] = string.pack("<i8", math.random(math.mininteger, math.maxinteger)) end
+    bytes = table.concat(bytes)
+    local r <close> = p:alloc(n)
+    r:write(0, bytes)
+    local formats = { i8 = "<i1", u8 = "<I1", i16 = "<i2", u16 = "<I2", i32 = "<i4", u32 = "<I4",
+      i64 = "<i8", u64 = "<i8", f32 = "<f", f64 = "<d" }
+    for vtype, fmt in pairs(formats) do
+      local size = string.packsize(fmt)
+      local function at(off) return (string.unpack(fmt, bytes, off + 1)) end
+      local unsigned = vtype == "u64"
+      local function lt(x, y) if unsigned then return math.ult(x, y) end return x < y end
+      local v1, v2 = at(8 * size), at(40 * size)
+      if v1 ~= v1 then v1 = 1 end
+      if v2 ~= v2 then v2 = -1 end
+      local lo, hi = v1, v2
+      if lt(hi, lo) then lo, hi = hi, lo end
+      local tol = (vtype == "f32" or vtype == "f64") and require("rmem.valscan").tolerance(v1) or 0
+      local tests = {
+        { "==", v1, function(x) return x >= v1 - tol and x <= v1 + tol end },
+        { "~=", v1, function(x) return x == x and not (x >= v1 - tol and x <= v1 + tol) end },
+        { "<", v1, function(x) return lt(x, v1) end },
+        { ">=", v1, function(x) return not lt(x, v1) and x == x end },
+        { "between", v1, v2, function(x) return not lt(x, lo) and not lt(hi, x) and x == x end },
+      }
+      for _, align in ipairs { size, 1 } do
+        for _, c in ipairs(tests) do
+          local test = c[#c]
+          local want = {}
+          for off = 0, n - size, align do
+            if test(at(off)) then want[#want + 1] = off end
+          end
+          local s <close> = p:value_scan(vtype, c[1], c[2], c[4] and c[3] or within(r, { align = align }),
+            c[4] and within(r, { align = align }) or nil)
+          assert.same(want, offsets(s, r), ("%s %s align %d"):format(vtype, c[1], align))
+        end
+      end
+    end
+  end)
+
   it("first-scan ops: ==, ~=, <, <=, >, >=, between (either order), unknown", function()
     local r <close> = p:alloc(PAGE)
     r:write(0, string.pack("<i2i2i2i2i2", 5, -7, 100, 32767, -32768))

@@ -116,7 +116,9 @@ local function values_of(t, op, ops, fname, n, size, ...)
     end
     v[i] = value_of(t, args[i], n + i - 1, fname, size)
   end
-  return v[1], v[2], args[need + 1], n + need, args.n - need
+  local last = args.n -- (trailing nils do not count)
+  while last > 0 and args[last] == nil do last = last - 1 end
+  return v[1], v[2], args[need + 1], n + need, math.max(0, last - need)
 end
 
 local ValueScan = { __name = "rmem.ValueScan" }
