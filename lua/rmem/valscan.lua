@@ -42,7 +42,8 @@ local TEXT_OPS = { ["=="] = true, ["~="] = true, changed = true, unchanged = tru
 local TOLERANT = { ["=="] = true, ["~="] = true, increased_by = true, decreased_by = true }
 
 local WRITABLE = { "rw", "wc", "rwx", "xwc" }
-local OPTS = { module = true, from = true, to = true, protect = true, align = true, progress = true,
+-- (["module"] quoted: LDoc takes a bare `module =` for an old-style module declaration)
+local OPTS = { ["module"] = true, from = true, to = true, protect = true, align = true, progress = true,
   limit = true, tolerance = true }
 
 local function show(v)
