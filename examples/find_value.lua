@@ -1,6 +1,6 @@
 --- Find a value without knowing where it is, as a modder finds a game's
 -- health: scan for the value on screen, take a hit, scan for what went
--- down, scan for the new value.
+-- down, scan for the new value; then freeze it.
 --   lua find_value.lua [target command]
 -- Starts the target (examples/target.c, built next to the interpreter by
 -- default) with health 100: each "hit N" line on its standard input takes
@@ -63,9 +63,18 @@ print(("  %d candidate(s)"):format(s:next("==", 93)))
 local health = s:list(1)[1]
 print(("health is at %s and holds %d"):format(rmem.hex(health), p:read_i32(health)))
 
+do -- freeze it: a thread of this host writes 100 back every 10 ms
+  local f <close> = p:freeze(health, "i32", 100)
+  print(f)
+  rmem.sleep(50)
+  hit(7)
+  rmem.sleep(200)
+  print(("frozen at 100, took a hit: %s holds %d"):format(rmem.hex(health), p:read_i32(health)))
+end -- the freeze stops here
+
 hit(5)
-wait_for(s, 88)
-print(("another hit: %s holds %d"):format(rmem.hex(health), p:read_i32(health)))
+wait_for(s, 95)
+print(("unfrozen, another hit: %s holds %d"):format(rmem.hex(health), p:read_i32(health)))
 
 game:write("exit 0\n")
 game:close()
