@@ -41,13 +41,15 @@ local function make_platform(plat)
   local core = {
     windows = {
       sources = { "src/core.c", "src/backend_win.c", "src/scan.c", "src/ptrmap.c", "src/threads_win.c",
-        "src/buffer.c", "src/freeze.c", "src/thread_win.c" },
+        "src/buffer.c", "src/freeze.c", "src/thread_win.c",
+        "src/valscan.c" },
       libraries = { "kernel32", "advapi32" },
       incdirs = { "src" },
     },
     linux = {
       sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c", "src/ptrmap.c",
-        "src/threads_linux.c", "src/buffer.c", "src/freeze.c", "src/thread_linux.c" },
+        "src/threads_linux.c", "src/buffer.c", "src/freeze.c", "src/thread_linux.c",
+        "src/valscan.c" },
       libraries = { "pthread" },
       incdirs = { "src" },
     },
@@ -72,6 +74,7 @@ local function make_platform(plat)
       ["rmem.scan"] = "lua/rmem/scan.lua",
       ["rmem.tools"] = "lua/rmem/tools.lua",
       ["rmem.typed"] = "lua/rmem/typed.lua",
+      ["rmem.valscan"] = "lua/rmem/valscan.lua",
       ["rmem.core"] = core[plat],
       -- a module of its own: rmem.core builds and works without Capstone
       ["rmem.disasm"] = {

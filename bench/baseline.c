@@ -4,9 +4,11 @@
  *
  *   rmem-bench-baseline PID calls ADDRESS BULK_ADDRESS BULK_SIZE
  *   rmem-bench-baseline PID walk
+ *   rmem-bench-baseline PID read BULK_ADDRESS BULK_SIZE
  *
  * ADDRESS is a committed read-write page in process PID, BULK_ADDRESS a
- * committed region of BULK_SIZE bytes. "walk" walks every region of PID.
+ * committed region of BULK_SIZE bytes. "walk" walks every region of PID;
+ * "read" reads the bulk region only, in one call into a warm buffer.
  * Prints "name seconds-per-op" lines.
  */
 #ifdef _WIN32
@@ -310,8 +312,23 @@ int main(int argc, char **argv) {
     printf("regions %zu\n", c.n);
     return 0;
   }
+  if (argc == 5 && strcmp(argv[2], "read") == 0) {
+    c.pid = strtoul(argv[1], NULL, 0);
+    c.bulk = (uintptr_t)strtoull(argv[3], NULL, 0);
+    bulk_n = (size_t)strtoull(argv[4], NULL, 0);
+    if ((c.buf = (char *)malloc(bulk_n)) == NULL)
+      die("malloc");
+    memset(c.buf, 1, bulk_n);
+#ifdef _WIN32
+    if ((c.h = OpenProcess(PROCESS_VM_READ, FALSE, (DWORD)c.pid)) == NULL)
+      die("OpenProcess");
+#endif
+    measure("bulk_read", bulk_read, &c, 1);
+    return 0;
+  }
   if (argc != 6 || strcmp(argv[2], "calls") != 0) {
-    fprintf(stderr, "usage: %s PID calls ADDRESS BULK_ADDRESS BULK_SIZE | PID walk\n", argv[0]);
+    fprintf(stderr, "usage: %s PID calls ADDRESS BULK_ADDRESS BULK_SIZE | PID walk | "
+                    "PID read BULK_ADDRESS BULK_SIZE\n", argv[0]);
     return 2;
   }
   c.pid = strtoul(argv[1], NULL, 0);

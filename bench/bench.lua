@@ -1,36 +1,39 @@
 --- rmem's benchmarks: each figure against a baseline measured in the same
 -- run (bench/baseline.c making the same OS calls from C, memcpy, a naive
 -- scanner, scanmem), as the median of several batches.
---   lua bench.lua PID BASELINE_COMMAND [SIZE_MIB]
+--   lua bench.lua PID BASELINE_COMMAND [SIZE_MIB [VALUE_SCAN_MIB]]
 -- PID is an idle examples/target.c; prints a markdown table.
 local rmem = require "rmem"
 local core = require "rmem.core"
 local monotime = require("system").monotime
 
-local pid = assert(tonumber(arg[1]), "usage: lua bench.lua PID BASELINE_COMMAND [SIZE_MIB]")
-local baseline = assert(arg[2], "usage: lua bench.lua PID BASELINE_COMMAND [SIZE_MIB]")
+local USAGE = "usage: lua bench.lua PID BASELINE_COMMAND [SIZE_MIB [VALUE_SCAN_MIB]]"
+local pid = assert(tonumber(arg[1]), USAGE)
+local baseline = assert(arg[2], USAGE)
 local MIB = 1024 * 1024
 local BULK = (tonumber(arg[3]) or 256) * MIB
+local VS_SIZE = (tonumber(arg[4]) or 1024) * MIB -- the value scans' random data
 local BATCHES = 7
 local linux = rmem.platform == "linux"
 local platform = linux and "native Linux" or "Windows build under Wine"
 
 local p <close> = rmem.open(pid, { access = "all" })
 
---- The median over BATCHES batches of reps calls of fn: seconds per call.
--- setup, if given, runs untimed before each batch.
-local function measure(fn, reps, setup)
+--- The median over BATCHES (or batches) batches of reps calls of fn:
+-- seconds per call. setup, if given, runs untimed before each batch.
+local function measure(fn, reps, setup, batches)
+  batches = batches or BATCHES
   if setup then setup() end
   fn()
   local t = {}
-  for b = 1, BATCHES do
+  for b = 1, batches do
     if setup then setup() end
     local t0 = monotime()
     for _ = 1, reps do fn() end
     t[b] = (monotime() - t0) / reps
   end
   table.sort(t)
-  return t[(BATCHES + 1) // 2]
+  return t[(batches + 1) // 2]
 end
 
 --- Runs the C baseline; returns its figures by name.
@@ -242,6 +245,82 @@ do
   local h = rawget(p, "_h")
   row("p:func(i32) call", measure(function() f(1) end, 20), measure(function() h:call(fn, 1, 5000) end, 20),
     linux and "rmem.core call (one injection)" or "rmem.core call (CreateRemoteThread)", "")
+end
+
+-- 7. value scans, over a region of pseudo-random data (a random MiB,
+-- salted per MiB) holding a value planted at 4 places and, from its
+-- middle, 10,000,000 copies of another in a row (40 MB): the candidates of
+-- the next scan
+do
+  local vs = p:alloc(VS_SIZE)
+  local PLANTED, MANY, N_MANY = 0x7EADBEEF, 0x11223344, 10000000
+  math.randomseed(7)
+  local block = {}
+  for i = 1, MIB // 8 do block[i] = string.pack("<i8", math.random(math.mininteger, math.maxinteger)) end
+  local mib = table.concat(block)
+  for off = 0, VS_SIZE - 1, MIB do vs:write(off, string.pack("<i8", off) .. mib:sub(9)) end
+  local copies = string.pack("<i4", MANY):rep(MIB // 4)
+  for off = 0, N_MANY * 4 - 1, MIB do
+    vs:write(VS_SIZE // 2 + off, copies:sub(1, math.min(MIB, N_MANY * 4 - off)))
+  end
+  for i = 1, 4 do vs:write_i32(VS_SIZE // 5 * i + 4 * i, PLANTED) end
+  local read = run_baseline("read", vs.address, VS_SIZE).bulk_read
+  local batches = linux and BATCHES or 3 -- (each pass over 1 GiB takes seconds under Wine)
+  local gib = ("%d MiB"):format(VS_SIZE // MIB)
+
+  local exact
+  local t_exact = measure(function()
+    local s <close> = p:value_scan("i32", "==", PLANTED)
+    exact = s.count
+  end, 1, nil, batches)
+  assert(exact >= 4, "the exact scan missed planted values")
+  row(("value scan i32 == (target holding %s)"):format(gib), t_exact, read, "one read call in C of the " .. gib,
+    "")
+  if linux then
+    local cmd = ("scanmem -p %d -c 'option scan_data_type int32;option region_scan_level 2;%d;exit' 2>&1")
+      :format(pid, PLANTED)
+    local matches = tonumber(assert(io.popen(cmd)):read("a"):match("we currently have (%d+) matches"))
+    assert(matches and matches >= 4, "scanmem did not find the planted values")
+    local quiet = cmd:gsub(" 2>&1$", " >/dev/null 2>&1")
+    local t_scanmem = measure(function() os.execute(quiet) end, 1, nil, 3)
+    row(("value scan i32 == (target holding %s)"):format(gib), t_exact, t_scanmem, "scanmem 0.17 (whole run)",
+      ("≥ 10× faster: %.1f×"):format(t_scanmem / t_exact))
+  end
+
+  -- unknown + unchanged over the region, with the host's peak RSS growth
+  local range = { from = vs.address, to = vs.address + VS_SIZE }
+  local function unknown_unchanged()
+    local s <close> = p:value_scan("i32", "unknown", range)
+    s:next("unchanged")
+    assert(s.count == VS_SIZE // 4)
+  end
+  local rss_note = ""
+  if linux then
+    local function status(field)
+      return tonumber(assert(io.open("/proc/self/status")):read("a"):match(field .. ":%s*(%d+) kB")) * 1024
+    end
+    collectgarbage()
+    local f = io.open("/proc/self/clear_refs", "w")
+    if f then f:write("5") f:close() end -- resets the peak
+    local before = status("VmRSS")
+    unknown_unchanged()
+    local growth = status("VmHWM") - before
+    rss_note = ("; peak RSS +%.2f GiB (≤ 1.25)"):format(growth / (1 << 30))
+  end
+  local t_uu = measure(unknown_unchanged, 1, nil, batches)
+  row(("unknown + unchanged, %s"):format(gib), t_uu, read, "one read call in C of the " .. gib,
+    ("≤ 4×: %.2f×%s"):format(t_uu / read, rss_note))
+
+  -- next scan over 10 million candidates, against the first scan that found them
+  local s <close> = p:value_scan("i32", "==", MANY)
+  assert(s.count >= N_MANY)
+  local t_first = measure(function() p:value_scan("i32", "==", MANY):close() end, 1, nil, batches)
+  local t_next = measure(function() s:next("unchanged") end, 1, nil, batches)
+  assert(s.count >= N_MANY)
+  row("next scan, 10,000,000 candidates", t_next, t_first, "the first scan that found them",
+    ("≤ 0.5×: %.2f×"):format(t_next / t_first))
+  s:close()
+  vs:free()
 end
 
 -- the table

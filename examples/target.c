@@ -4,7 +4,7 @@
  *
  *   rmem-target [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N]
  *               [--seccomp] [--tick] [--countdown PATH] [--die-after MS] [--until-eof]
- *               [--chain] [--wait sigwaitinfo|epoll] [--main-exits]
+ *               [--chain] [--wait sigwaitinfo|epoll] [--main-exits] [--health N]
  *
  * --ready-event NAME  Windows: set the named event once started (the test helper)
  * --ready-fd N        POSIX: write "ready\n" to descriptor N and close it (the test helper)
@@ -34,6 +34,8 @@
  *                     decoys (examples/pointer_scan.lua, the pointer scan specs)
  * --calls N           start N threads that call the game functions below in a
  *                     loop (the hook specs and examples/hook_log.lua)
+ * --health N          start health (a 32-bit int) at N; with --until-eof, a line
+ *                     "hit D" takes D from it (examples/find_value.lua finds it)
  *
  * Built with -DRMEM_TARGET_SHIFT it has more code and data before the game
  * functions: "the game after an update", for the signature specs.
@@ -62,6 +64,7 @@ NOINLINE int shift_code(int n) {
 #endif
 
 volatile int score;
+volatile int health = 100;
 volatile int countdown = 1000000;
 
 
@@ -390,6 +393,8 @@ static int commands(void) {
       return 0;
     if (strncmp(line, "exit ", 5) == 0)
       return atoi(line + 5);
+    if (strncmp(line, "hit ", 4) == 0)
+      health -= atoi(line + 4);
 #ifndef _WIN32
     if (strncmp(line, "exec ", 5) == 0) {
       char *path = strtok(line + 5, " \n"), *arg = strtok(NULL, " \n");
@@ -417,6 +422,8 @@ int main(int argc, char **argv) {
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--until-eof") == 0) {
       until_eof = 1;
+    } else if (strcmp(argv[i], "--health") == 0 && i + 1 < argc) {
+      health = atoi(argv[++i]);
 #ifdef __linux__
     } else if (strcmp(argv[i], "--wait") == 0 && i + 1 < argc) {
       i++;
@@ -512,7 +519,8 @@ int main(int argc, char **argv) {
     } else {
       fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N] "
                       "[--seccomp] [--tick] [--countdown PATH] [--die-after MS] [--until-eof] [--chain] "
-                      "[--wait sigwaitinfo|epoll] [--main-exits] [--calls N]\n",
+                      "[--wait sigwaitinfo|epoll] [--main-exits] [--calls N]"
+                      " [--health N]\n",
               argv[0]);
       return 1;
     }

@@ -58,7 +58,8 @@ end
 -- Methods that only read or describe, and those that change the child.
 local PROCESS_METHODS = { "read", "query", "read_u32", "read_ptr", "read_string", "read_wstring",
   "unpack", "hexdump", "alloc", "commit", "decommit", "free", "protect", "write", "write_u16",
-  "write_string", "pack", "scan_all", "module", "resolve", "regions", "with_protection", "patch" }
+  "write_string", "pack", "scan_all", "module", "resolve", "regions", "with_protection", "patch",
+  "value_scan" }
 local CORE_METHODS = { "read", "query", "regions", "find", "alloc", "free", "decommit", "protect",
   "write", "modules", "is_alive", "exit_code" }
 
@@ -91,6 +92,15 @@ return function(data, pid)
         try(function() for _ in p:regions(a[1]) do end end)
       elseif name == "scan_all" then
         try(p.scan_all, p, a[1], { from = a[2], to = a[3], limit = 4 })
+      elseif name == "value_scan" then
+        -- always bounded: the options come right after one value (other ops
+        -- then fail on their arguments)
+        local to = math.type(a[4]) == "integer" and a[4] + 65536 or 65536
+        try(function()
+          local s <close> = p:value_scan(a[1], a[2], a[3], { from = a[4], to = to, limit = 64 })
+          s:next(a[2], a[3])
+          for _ in s:each() do end
+        end)
       else
         try(p[name], p, a[1], a[2], a[3], a[4])
       end

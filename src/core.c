@@ -17,6 +17,7 @@
 #include "core.h"
 #include "scan.h"
 #include "ptrmap.h"
+#include "valscan.h"
 
 #define RMEM_VERSION "rmem.core 0.1.0"
 
@@ -101,11 +102,16 @@ static lhandle *new_handle(lua_State *L) {
   return h;
 }
 
-static rb_proc *check_proc(lua_State *L) {
-  lhandle *h = (lhandle *)luaL_checkudata(L, 1, HANDLE_META);
+/* The open process of the handle at arg. */
+static rb_proc *proc_at(lua_State *L, int arg) {
+  lhandle *h = (lhandle *)luaL_checkudata(L, arg, HANDLE_META);
   if (h->p == NULL)
     luaL_error(L, "attempt to use a closed process handle");
   return h->p;
+}
+
+static rb_proc *check_proc(lua_State *L) {
+  return proc_at(L, 1);
 }
 
 /* __gc and __close: idempotent, never raises. */
@@ -693,6 +699,271 @@ size_t rmem_check_size(lua_State *L, int arg, uintptr_t address) {
   return check_size(L, arg, address);
 }
 int rmem_os_fail(lua_State *L, const char *op, rb_err code) { return os_fail(L, op, code); }
+/* ---- value scans (valscan.c) ------------------------------------------------------ */
+
+#define VALSCAN_META "rmem.core.valscan"
+
+typedef struct lvalscan {
+  vs_scan *s; /* NULL once closed */
+  int type;
+  size_t size;
+} lvalscan;
+
+static const char *const vs_type_names[] = {"i8", "u8", "i16", "u16", "i32", "u32", "i64",
+                                            "u64", "f32", "f64", "bytes", NULL};
+static const size_t vs_type_sizes[] = {1, 1, 2, 2, 4, 4, 8, 8, 4, 8, 0};
+static const char *const vs_op_names[] = {"==", "~=", "<", "<=", ">", ">=", "between",
+                                          "unknown", "changed", "unchanged", "increased",
+                                          "decreased", "increased_by", "decreased_by", NULL};
+
+static lvalscan *check_valscan(lua_State *L) {
+  lvalscan *v = (lvalscan *)luaL_checkudata(L, 1, VALSCAN_META);
+  if (v->s == NULL)
+    luaL_error(L, "attempt to use a closed value scan");
+  return v;
+}
+
+/* core.value_scan(type, size, align, limit) -> a scan that has not run yet;
+ * type "bytes" is any size up to 64 KiB */
+static int core_value_scan(lua_State *L) {
+  int type = luaL_checkoption(L, 1, NULL, vs_type_names);
+  lua_Integer size = luaL_checkinteger(L, 2), align = luaL_checkinteger(L, 3);
+  lua_Integer limit = luaL_checkinteger(L, 4);
+  lvalscan *v;
+  luaL_argcheck(L, type == VS_BYTES ? size >= 1 && size <= VS_MAX_BYTES
+                                    : (size_t)size == vs_type_sizes[type], 2, "wrong size for the type");
+  luaL_argcheck(L, align >= 1 && align <= VS_MAX_ALIGN, 3, "align out of range (1 to 65536)");
+  luaL_argcheck(L, limit >= 0, 4, "limit must not be negative");
+  v = (lvalscan *)lua_newuserdatauv(L, sizeof *v, 0);
+  v->s = NULL;
+  v->type = type;
+  v->size = (size_t)size;
+  luaL_setmetatable(L, VALSCAN_META);
+  if ((v->s = vs_new((vs_type)type, (size_t)size, (size_t)align, rb_page_size(), (uint64_t)limit)) == NULL)
+    return luaL_error(L, "not enough memory");
+  return 1;
+}
+
+/* s:set_runs({lo, hi, lo, hi, ...}): the memory a pass may read, ascending */
+static int vsl_set_runs(lua_State *L) {
+  vs_scan *s = check_valscan(L)->s;
+  lua_Integer i, n, prev = 0;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_argcheck(L, !vs_active(s), 1, "a pass is running");
+  n = (lua_Integer)lua_rawlen(L, 2);
+  vs_clear_runs(s);
+  for (i = 1; i + 1 <= n; i += 2) {
+    lua_Integer lo, hi;
+    lua_rawgeti(L, 2, i);
+    lua_rawgeti(L, 2, i + 1);
+    lo = lua_tointeger(L, -2);
+    hi = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    luaL_argcheck(L, lo >= prev && lo < hi, 2, "runs must be ascending, non-empty ranges");
+    prev = hi;
+    if (!vs_add_run(s, (uintptr_t)lo, (uintptr_t)hi))
+      return luaL_error(L, "not enough memory");
+  }
+  return 0;
+}
+
+/* s:bounds() -> lo, hi: where the candidates lie; nil if there are none */
+static int vsl_bounds(lua_State *L) {
+  uintptr_t lo, hi;
+  if (!vs_bounds(check_valscan(L)->s, &lo, &hi))
+    return 0;
+  lua_pushinteger(L, (lua_Integer)lo);
+  lua_pushinteger(L, (lua_Integer)hi);
+  return 2;
+}
+
+/* s:begin(op [, v1 [, v2 [, tolerance]]]): integers for the integer types,
+ * numbers for f32 and f64, a string of the scan's size for bytes */
+static int vsl_begin(lua_State *L) {
+  lvalscan *v = check_valscan(L);
+  vs_query q;
+  memset(&q, 0, sizeof q);
+  q.op = (vs_op)luaL_checkoption(L, 2, NULL, vs_op_names);
+  if (v->type == VS_F32 || v->type == VS_F64) {
+    q.f1 = luaL_optnumber(L, 3, 0);
+    q.f2 = luaL_optnumber(L, 4, 0);
+    q.tol = luaL_optnumber(L, 5, 0);
+    luaL_argcheck(L, q.f1 == q.f1 && q.f2 == q.f2, 3, "NaN never matches");
+    luaL_argcheck(L, q.tol >= 0, 5, "tolerance must not be negative");
+  } else if (v->type == VS_BYTES) {
+    size_t n = 0;
+    if (q.op == VS_EQ || q.op == VS_NE) {
+      q.bytes = (const unsigned char *)luaL_checklstring(L, 3, &n);
+      luaL_argcheck(L, n == v->size, 3, "the value must be as long as the scan's");
+    }
+  } else {
+    q.i1 = luaL_optinteger(L, 3, 0);
+    q.i2 = luaL_optinteger(L, 4, 0);
+  }
+  luaL_argcheck(L, vs_begin(v->s, &q), 2, "this op compares with a previous pass");
+  return 0;
+}
+
+static unsigned long vs_rb_read(void *ctx, uintptr_t addr, void *buf, size_t n) {
+  size_t done;
+  return (unsigned long)rb_read((rb_proc *)ctx, addr, buf, n, &done);
+}
+
+static int vs_rb_gone(void *ctx) {
+  int alive = 0, known;
+  unsigned long code;
+  return rb_status((rb_proc *)ctx, &alive, &code, &known) != 0 || !alive;
+}
+
+/* s:step(h, budget) -> done, total, finished: the pass goes on for about
+ * budget bytes of address space, reading through the handle h; the process
+ * gone: nil, msg, code (the pass is over) */
+static int vsl_step(lua_State *L) {
+  vs_scan *s = check_valscan(L)->s;
+  rb_proc *p = proc_at(L, 2);
+  lua_Integer budget = luaL_checkinteger(L, 3);
+  vs_reader r;
+  unsigned long err = 0;
+  int rc;
+  luaL_argcheck(L, budget >= 1 && (lua_Unsigned)budget <= SIZE_MAX, 3, "budget out of range");
+  r.read = vs_rb_read;
+  r.gone = vs_rb_gone;
+  r.ctx = p;
+  rc = vs_step(s, &r, (size_t)budget, &err);
+  if (rc == VS_NOMEM)
+    return luaL_error(L, "not enough memory");
+  if (rc == VS_GONE)
+    return os_fail(L, "read", (rb_err)err);
+  lua_pushinteger(L, (lua_Integer)vs_done(s));
+  lua_pushinteger(L, (lua_Integer)vs_total(s));
+  lua_pushboolean(L, rc == VS_DONE);
+  return 3;
+}
+
+static int vsl_stop(lua_State *L) {
+  vs_stop(check_valscan(L)->s);
+  return 0;
+}
+
+static int vsl_count(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)vs_count(check_valscan(L)->s));
+  return 1;
+}
+
+/* s:memory() -> the bytes its candidates take */
+static int vsl_memory(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)vs_memory(check_valscan(L)->s));
+  return 1;
+}
+
+static void push_value(lua_State *L, const lvalscan *v, const unsigned char *p) {
+  union { int8_t i8; uint8_t u8; int16_t i16; uint16_t u16; int32_t i32; uint32_t u32;
+          int64_t i64; float f32; double f64; } x;
+  if (v->type != VS_BYTES)
+    memcpy(&x, p, v->size);
+  switch (v->type) {
+  case VS_I8: lua_pushinteger(L, x.i8); break;
+  case VS_U8: lua_pushinteger(L, x.u8); break;
+  case VS_I16: lua_pushinteger(L, x.i16); break;
+  case VS_U16: lua_pushinteger(L, x.u16); break;
+  case VS_I32: lua_pushinteger(L, x.i32); break;
+  case VS_U32: lua_pushinteger(L, (lua_Integer)x.u32); break;
+  case VS_I64: case VS_U64: lua_pushinteger(L, (lua_Integer)x.i64); break; /* u64: wrapped */
+  case VS_F32: lua_pushnumber(L, (lua_Number)x.f32); break;
+  case VS_F64: lua_pushnumber(L, (lua_Number)x.f64); break;
+  default: lua_pushlstring(L, (const char *)p, v->size); break;
+  }
+}
+
+#define ITEMS_MAX 256
+
+/* s:items(pos, max) -> { address, ... }, { value, ... }, next pos, for up
+ * to max candidates from pos (0 at first), ascending; nil after the last */
+static int vsl_items(lua_State *L) {
+  lvalscan *v = check_valscan(L);
+  lua_Integer pos = luaL_checkinteger(L, 2), max = luaL_checkinteger(L, 3);
+  uintptr_t addrs[ITEMS_MAX];
+  const unsigned char *vals[ITEMS_MAX];
+  uint64_t at = (uint64_t)pos;
+  size_t n, i;
+  luaL_argcheck(L, max >= 1 && max <= ITEMS_MAX, 3, "max out of range (1 to 256)");
+  luaL_argcheck(L, !vs_active(v->s), 1, "a pass is running");
+  if ((n = vs_items(v->s, &at, addrs, vals, (size_t)max)) == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_createtable(L, (int)n, 0);
+  for (i = 0; i < n; i++)
+    set_index(L, i + 1, (lua_Integer)addrs[i]);
+  lua_createtable(L, (int)n, 0);
+  for (i = 0; i < n; i++) {
+    push_value(L, v, vals[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_pushinteger(L, (lua_Integer)at);
+  return 3;
+}
+
+/* s:list(limit) -> { address, ... }: the first limit candidates, ascending */
+static int vsl_list(lua_State *L) {
+  lvalscan *v = check_valscan(L);
+  lua_Integer limit = luaL_checkinteger(L, 2), count = 0;
+  uintptr_t addrs[ITEMS_MAX];
+  uint64_t at = 0;
+  size_t n, i;
+  luaL_argcheck(L, limit >= 0, 2, "limit must not be negative");
+  luaL_argcheck(L, !vs_active(v->s), 1, "a pass is running");
+  lua_newtable(L);
+  while (count < limit) {
+    size_t want = limit - count < ITEMS_MAX ? (size_t)(limit - count) : ITEMS_MAX;
+    if ((n = vs_items(v->s, &at, addrs, NULL, want)) == 0)
+      break;
+    for (i = 0; i < n; i++)
+      set_index(L, (size_t)++count, (lua_Integer)addrs[i]);
+  }
+  return 1;
+}
+
+/* __gc, __close and close: frees the candidates at once; idempotent */
+static int vsl_gc(lua_State *L) {
+  lvalscan *v = (lvalscan *)luaL_checkudata(L, 1, VALSCAN_META);
+  vs_scan *s = v->s;
+  v->s = NULL;
+  vs_free(s);
+  return 0;
+}
+
+static int vsl_tostring(lua_State *L) {
+  lvalscan *v = (lvalscan *)luaL_checkudata(L, 1, VALSCAN_META);
+  if (v->s == NULL)
+    lua_pushliteral(L, VALSCAN_META " (closed)");
+  else
+    lua_pushfstring(L, VALSCAN_META " (%s, %I candidates)", vs_type_names[v->type],
+                    (lua_Integer)vs_count(v->s));
+  return 1;
+}
+
+static const luaL_Reg valscan_methods[] = {
+  {"set_runs", vsl_set_runs},
+  {"bounds", vsl_bounds},
+  {"begin", vsl_begin},
+  {"step", vsl_step},
+  {"stop", vsl_stop},
+  {"count", vsl_count},
+  {"memory", vsl_memory},
+  {"items", vsl_items},
+  {"list", vsl_list},
+  {"close", vsl_gc},
+  {NULL, NULL}
+};
+
+static const luaL_Reg valscan_metamethods[] = {
+  {"__index", NULL}, /* set to the methods table below */
+  {"__gc", vsl_gc},
+  {"__close", vsl_gc},
+  {"__tostring", vsl_tostring},
+  {NULL, NULL}
+};
 
 /* ---- registration ------------------------------------------------------------ */
 
@@ -734,6 +1005,7 @@ static const luaL_Reg funcs[] = {
   {"error_message", core_error_message},
   {"find", core_find},
   {"wine_version", core_wine_version},
+  {"value_scan", core_value_scan},
   {NULL, NULL}
 };
 
@@ -792,6 +1064,7 @@ RMEM_EXPORT int luaopen_rmem_core(lua_State *L) {
   int i;
   luaL_newlib(L, funcs);
   rmem_createmeta(L, HANDLE_META, metamethods, methods);
+  rmem_createmeta(L, VALSCAN_META, valscan_metamethods, valscan_methods);
   rmem_open_buffer(L);
   rmem_open_freeze(L);
   lua_createtable(L, 0, (int)(sizeof flags / sizeof flags[0]));

@@ -74,6 +74,12 @@ function check.methods(class, var, skip, inline)
   end
 end
 
+--- The error for a method called on an object that cannot serve it (a
+-- closed one), worded as Lua words its own: "calling 'f' on bad self".
+function check.selferror(fname, msg)
+  error(("calling '%s' on bad self (%s)"):format(fname, msg), user_frame() or 1)
+end
+
 local function describe(v)
   if type(v) == "number" then return tostring(v) end
   return type(v)

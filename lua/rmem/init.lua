@@ -15,6 +15,7 @@ local func = require "rmem.func"
 local disasm = require "rmem.code"
 local hook = require "rmem.hook"
 local many = require "rmem.many"
+local valscan = require "rmem.valscan"
 
 typed.install(Process, Region, Region._span, core.page_size)
 scan.install(Process)
@@ -23,6 +24,7 @@ patch.install(Process)
 remote.install(Process)
 ptrscan.install(Process)
 func.install(Process)
+valscan.install(Process)
 disasm.install(Process)
 hook.install(Process)
 -- (after every install: p.read(...) for p:read(...) says so, and argument

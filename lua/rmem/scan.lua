@@ -55,15 +55,15 @@ function scan.parse(pattern, n, fname)
   return table.concat(b), table.concat(m)
 end
 
---- The set of protections a scan covers.
-local function protections(opt, fname)
+--- The set of protections a scan covers (opts at argument n of fname).
+function scan.protections(opt, n, fname)
   if opt == nil then return READABLE end
-  return protect.set(opt, 2, fname)
+  return protect.set(opt, n, fname)
 end
 
 --- The runs of adjacent committed pages with a covered protection inside
 -- [from, to), as { start, stop } pairs, ascending.
-local function runs(p, from, to, prots)
+function scan.runs(p, from, to, prots)
   local list = {}
   for info in p:regions { state = "commit" } do
     local lo, hi = math.max(info.base, from), math.min(info.base + info.size, to)
@@ -79,15 +79,15 @@ end
 local SCAN_OPTS = { module = true, from = true, to = true, protect = true, limit = true,
   overlapping = true, align = true, progress = true }
 
---- The bounds [from, to) a scan covers.
-local function bounds(p, opts)
+--- The bounds [from, to) a scan covers (opts at argument n of fname).
+function scan.bounds(p, opts, n, fname)
   local from, to = 0, core.user_end
   if opts.module ~= nil then
-    local m = tools.module_of(p, opts.module, 2, "scan", "size")
+    local m = tools.module_of(p, opts.module, n, fname, "size")
     from, to = m.base, m.base + m.size
   end
-  if opts.from ~= nil then from = math.max(from, check.address(opts.from, 2, "scan")) end
-  if opts.to ~= nil then to = math.min(to, check.address(opts.to, 2, "scan")) end
+  if opts.from ~= nil then from = math.max(from, check.address(opts.from, n, fname)) end
+  if opts.to ~= nil then to = math.min(to, check.address(opts.to, n, fname)) end
   return from, to
 end
 
@@ -127,7 +127,7 @@ local function scanner(p, pattern, opts)
       .. "1 MiB at a time)"):format(#bytes, CHUNK))
   end
   opts = check.options(opts, 2, "scan", SCAN_OPTS)
-  local from, to = bounds(p, opts)
+  local from, to = scan.bounds(p, opts, 2, "scan")
   local limit = opts.limit and check.size(opts.limit, 2, "scan") or math.maxinteger
   local align = opts.align and check.integer(opts.align, 2, "scan", "align") or 1
   if align < 1 then check.argerror(2, "scan", "align must be at least 1") end
@@ -136,7 +136,7 @@ local function scanner(p, pattern, opts)
   if progress ~= nil and type(progress) ~= "function" then
     check.argerror(2, "scan", "progress must be a function, got " .. type(progress))
   end
-  local list = runs(p, from, to, protections(opts.protect, "scan"))
+  local list = scan.runs(p, from, to, scan.protections(opts.protect, 2, "scan"))
   local done, total, stopped = 0, 0, false
   for _, r in ipairs(list) do total = total + (r[2] - r[1]) end
   local len, queue, qi, count = #bytes, {}, 1, 0

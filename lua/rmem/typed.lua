@@ -261,4 +261,8 @@ function typed.install(P, Region, span, page)
   region_methods(Region, span)
 end
 
+-- for the value scanner's wstring values
+typed.utf16_to_utf8 = utf16_to_utf8
+typed.utf8_to_utf16 = utf8_to_utf16
+
 return typed
