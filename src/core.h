@@ -1,6 +1,6 @@
 /*
  * What core.c shares with the other files that talk to Lua (buffer.c,
- * freeze.c): the handle accessor, the argument and result helpers, and the
+ * freeze.c, ptrmap.c, ...): the handle accessor, the argument and result helpers, and the
  * functions that register those files' methods.
  */
 #ifndef RMEM_CORE_H

@@ -16,6 +16,7 @@
 #include "lua.h"
 #include "lauxlib.h"
 
+#include "core.h"
 #include "ptrmap.h"
 
 #define MAP_META "rmem.core.ptrmap"
@@ -690,16 +691,15 @@ static const luaL_Reg map_methods[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg map_metamethods[] = {
+  {"__index", NULL}, /* the methods table */
+  {"__gc", map_close},
+  {"__close", map_close},
+  {NULL, NULL}
+};
+
 void rm_ptrmap_open(lua_State *L) {
-  luaL_newmetatable(L, MAP_META);
-  lua_pushcfunction(L, map_close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, map_close);
-  lua_setfield(L, -2, "__close");
-  luaL_newlibtable(L, map_methods);
-  luaL_setfuncs(L, map_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  rmem_createmeta(L, MAP_META, map_metamethods, map_methods);
   lua_pushcfunction(L, map_new);
   lua_setfield(L, -2, "ptrmap");
   lua_pushcfunction(L, map_load);
