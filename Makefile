@@ -10,7 +10,7 @@ WIN_DLL  := $(WIN_CC) $(CFLAGS) -shared -DLUA_BUILD_AS_DLL
 
 CORE_SRC := src/core.c src/scan.c src/ptrmap.c src/valscan.c src/backend_win.c src/threads_win.c src/buffer.c \
   src/freeze.c src/thread_win.c
-CORE_HDR := src/backend.h src/scan.h src/ptrmap.h src/valscan.h src/core.h
+CORE_HDR := src/backend.h src/scan.h src/ptrmap.h src/valscan.h src/core.h src/watch.h
 
 # Linux: a plain build for users and the demo, and one under AddressSanitizer
 # and UBSan for the specs.
@@ -18,8 +18,8 @@ LIN      := build/linux
 LIN_ASAN := build/linux-asan
 LUA_INC  ?= /usr/include/lua5.4
 LIN_SRC  := src/core.c src/scan.c src/ptrmap.c src/valscan.c src/backend_linux.c src/inject_linux.c src/threads_linux.c \
-  src/buffer.c src/freeze.c src/thread_linux.c
-LIN_HDR  := src/backend.h src/scan.h src/ptrmap.h src/valscan.h src/inject_linux.h src/core.h
+  src/buffer.c src/freeze.c src/thread_linux.c src/watch_linux.c
+LIN_HDR  := src/backend.h src/scan.h src/ptrmap.h src/valscan.h src/inject_linux.h src/core.h src/watch.h
 LIN_SO   := gcc $(CFLAGS) -fPIC -shared -pthread -I$(LUA_INC)
 SAN      := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 

@@ -49,7 +49,7 @@ local function make_platform(plat)
     linux = {
       sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c", "src/ptrmap.c",
         "src/threads_linux.c", "src/buffer.c", "src/freeze.c", "src/thread_linux.c",
-        "src/valscan.c" },
+        "src/valscan.c", "src/watch_linux.c" },
       libraries = { "pthread" },
       incdirs = { "src" },
     },
@@ -75,6 +75,7 @@ local function make_platform(plat)
       ["rmem.tools"] = "lua/rmem/tools.lua",
       ["rmem.typed"] = "lua/rmem/typed.lua",
       ["rmem.valscan"] = "lua/rmem/valscan.lua",
+      ["rmem.watch"] = "lua/rmem/watch.lua",
       ["rmem.core"] = core[plat],
       -- a module of its own: rmem.core builds and works without Capstone
       ["rmem.disasm"] = {

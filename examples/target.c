@@ -36,6 +36,10 @@
  *                     loop (the hook specs and examples/hook_log.lua)
  * --health N          start health (a 32-bit int) at N; with --until-eof, a line
  *                     "hit D" takes D from it (examples/find_value.lua finds it)
+ * --writer N          a thread that calls write_value N times then read_value
+ *                     once, every millisecond (N = 0: writes in a tight loop)
+ * --spawn-writer-after MS  such a thread (N = 1), started MS ms later
+ *                     (p:watch: the variable follows "rmem-watched-var")
  *
  * Built with -DRMEM_TARGET_SHIFT it has more code and data before the game
  * functions: "the game after an update", for the signature specs.
@@ -210,7 +214,61 @@ static void play_once(void) {
   calls++;
 }
 
+/* The variable p:watch specs watch: a scan finds it after its magic; the
+ * functions' addresses let them check which instruction a hit names. */
+static struct {
+  char magic[16];
+  volatile int value;
+  int pad;
+  volatile unsigned long long writes; /* calls of write_value */
+  void (*writer)(int);
+  int (*reader)(void);
+} watched = {"rmem-watched-va", 0, 0, 0, 0, 0};
+
+NOINLINE void write_value(int v) {
+  watched.value = v;
+}
+
+NOINLINE int read_value(void) {
+  return watched.value;
+}
+
+static void pause_1ms(void);
+
+static void write_for_a_while(long per_ms) {
+  int i = 0;
+  if (per_ms == 0)
+    for (;;) {
+      write_value(i++);
+      watched.writes++;
+    }
+  for (;;) {
+    long k;
+    for (k = 0; k < per_ms; k++) {
+      write_value(i++);
+      watched.writes++;
+    }
+    read_value();
+    pause_1ms();
+  }
+}
+
 #ifdef _WIN32
+static void pause_1ms(void) {
+  Sleep(1);
+}
+
+static DWORD WINAPI writer(LPVOID arg) {
+  write_for_a_while((long)(size_t)arg);
+  return 0;
+}
+
+/* the writer is created after the wait, not merely woken */
+static DWORD WINAPI late_writer(LPVOID arg) {
+  Sleep((DWORD)(size_t)arg);
+  return CreateThread(NULL, 0, writer, (LPVOID)1, 0, NULL) == NULL;
+}
+
 static DWORD WINAPI player_thread(LPVOID arg) {
   (void)arg;
   for (;;) {
@@ -316,6 +374,28 @@ static void *commands_thread(void *arg) {
   exit(commands());
 }
 
+static void pause_1ms(void) {
+  struct timespec ts = {0, 1000000};
+  nanosleep(&ts, NULL);
+}
+
+static void *writer(void *arg) {
+  write_for_a_while((long)(size_t)arg);
+  return NULL;
+}
+
+static void *late_writer(void *arg) {
+  long ms = (long)(size_t)arg;
+  pthread_t th;
+  struct timespec ts;
+  ts.tv_sec = ms / 1000;
+  ts.tv_nsec = ms % 1000 * 1000000L;
+  nanosleep(&ts, NULL);
+  /* the writer is created after the wait, not merely woken */
+  pthread_create(&th, NULL, writer, (void *)1);
+  return NULL;
+}
+
 static void *sleeper(void *arg) {
   struct timespec ts = {0, 1000000};
   (void)arg;
@@ -419,9 +499,24 @@ int main(int argc, char **argv) {
   if (argc > 100)
     return shift_code(argc) + shift_code(argc * 3);
 #endif
+  watched.magic[15] = 'r'; /* the magic is in memory once, not in the initialiser's copy too */
+  watched.writer = write_value;
+  watched.reader = read_value;
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--until-eof") == 0) {
       until_eof = 1;
+    } else if ((strcmp(argv[i], "--writer") == 0 || strcmp(argv[i], "--spawn-writer-after") == 0) &&
+               i + 1 < argc) {
+      int late = argv[i][2] == 's';
+      size_t n = (size_t)atol(argv[++i]);
+#ifdef _WIN32
+      if (CreateThread(NULL, 0, late ? late_writer : writer, (LPVOID)n, 0, NULL) == NULL)
+        return 4;
+#else
+      pthread_t th;
+      if (pthread_create(&th, NULL, late ? late_writer : writer, (void *)n) != 0)
+        return 4;
+#endif
     } else if (strcmp(argv[i], "--health") == 0 && i + 1 < argc) {
       health = atoi(argv[++i]);
 #ifdef __linux__
@@ -520,7 +615,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "usage: %s [--ready-event NAME | --ready-fd N] [--pid-file PATH] [--threads N] "
                       "[--seccomp] [--tick] [--countdown PATH] [--die-after MS] [--until-eof] [--chain] "
                       "[--wait sigwaitinfo|epoll] [--main-exits] [--calls N]"
-                      " [--health N]\n",
+                      " [--health N] [--writer N] [--spawn-writer-after MS]\n",
               argv[0]);
       return 1;
     }

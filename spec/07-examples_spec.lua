@@ -125,6 +125,20 @@ describe("examples for modding", function()
     assert.is_true(math.abs(cave - tick) < 0x7FFF0000)
   end)
 
+  it("find_writer.lua names the instruction that writes the value", function()
+    local t = helpers.start_target { args = { "--writer", "1" } }
+    local out = run_example("find_writer.lua", tostring(t.pid))
+    local p <close> = require("rmem").open(t.pid)
+    assert.is_true(p:is_alive())
+    p:close()
+    t:stop()
+    assert.matches("watching 0x%x+ %(4 bytes%) for 1000 ms: rmem%.Watch 0x%x+ 4 bytes w, 0 hits", out)
+    local first = out:match("\n(0x%x+  [^\n]+)")
+    assert.matches("^0x%x+  .+ %d+ writes from 1 thread%(s%)$", first)
+    if pcall(require, "rmem.disasm") then assert.matches("mov dword ptr %[", first) end
+    assert.matches("rmem%.Watch 0x%x+ 4 bytes w, %d+ hits", out)
+  end)
+
   it("inject_library.lua loads the payload, greets, and unloads it", function()
     local t = helpers.start_target()
     local out = run_example("inject_library.lua", tostring(t.pid), helpers.payload_path())

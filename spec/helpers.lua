@@ -91,6 +91,7 @@ local function start(path, opts)
     args[#args + 1] = "--die-after"
     args[#args + 1] = tostring(opts.die_after)
   end
+  for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
   if helpers.windows then
     return testproc.start(table.concat({ '"' .. helpers.native_path(path) .. '"', table.unpack(args) }, " "))
   end
@@ -109,7 +110,8 @@ end
 -- = path (both) for a target that writes the address of an int it decrements
 -- every 10 ms to that file;
 -- calls = N (both) for N threads calling the target's game functions in a
--- loop; path = another build of the target. On Linux the object also has
+-- loop; path = another build of the target; args = { ... } (both) for more
+-- of examples/target.c's options. On Linux the object also has
 -- proc, testproc's own handle (send, wait, trace, untrace).
 function helpers.start_target(opts)
   opts = opts or {}

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "watch.h"
 
 struct rb_proc {
   HANDLE h;
@@ -463,3 +464,105 @@ const rb_error_entry rb_error_names[] = {
   {ERROR_COMMITMENT_LIMIT, "ERROR_COMMITMENT_LIMIT"},
   {0, NULL}
 };
+
+/* ---- hardware watches (watch.h) -------------------------------------------- */
+
+/* DR7's LEN bits by size: 1 -> 00, 2 -> 01, 8 -> 10, 4 -> 11. */
+static DWORD64 dr7_bits(int slot, int size, int kind) {
+  DWORD64 len = size == 2 ? 1 : size == 8 ? 2 : size == 4 ? 3 : 0;
+  if (kind == RW_EXECUTE)
+    len = 0;
+  return ((DWORD64)1 << (2 * slot)) | ((DWORD64)kind << (16 + 4 * slot)) | (len << (18 + 4 * slot));
+}
+
+/* One thread: slot set (or cleared when size is 0) unless it already is.
+ * Suspended while its context is read and changed, as Get/SetThreadContext
+ * require of another thread (Wine can hang reading a running one). */
+static rb_err arm_thread(DWORD tid, int slot, uintptr_t addr, int size, int kind) {
+  DWORD64 mask = (DWORD64)3 << (2 * slot) | (DWORD64)0xF << (16 + 4 * slot);
+  DWORD64 want = size ? dr7_bits(slot, size, kind) : 0;
+  DWORD64 *dr;
+  CONTEXT c;
+  rb_err err = 0;
+  HANDLE t = OpenThread(THREAD_GET_CONTEXT | THREAD_SET_CONTEXT | THREAD_SUSPEND_RESUME, FALSE, tid);
+  if (t == NULL)
+    return GetLastError();
+  memset(&c, 0, sizeof c);
+  c.ContextFlags = CONTEXT_DEBUG_REGISTERS;
+  dr = &c.Dr0 + slot;
+  if (SuspendThread(t) == (DWORD)-1) {
+    err = GetLastError();
+  } else {
+    if (!GetThreadContext(t, &c)) {
+      err = GetLastError();
+    } else if ((c.Dr7 & mask) != want || (size && *dr != (DWORD64)addr)) {
+      *dr = size ? (DWORD64)addr : 0;
+      c.Dr7 = (c.Dr7 & ~mask) | want;
+      c.Dr6 = 0;
+      c.ContextFlags = CONTEXT_DEBUG_REGISTERS;
+      if (!SetThreadContext(t, &c))
+        err = GetLastError();
+    }
+    ResumeThread(t);
+  }
+  CloseHandle(t);
+  return err;
+}
+
+rb_err rb_debug_registers(rb_proc *p, int slot, uintptr_t addr, int size, int kind,
+                          const unsigned long *skip, size_t nskip, unsigned long *seen,
+                          size_t cap, size_t *threads) {
+  HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
+  THREADENTRY32 te;
+  rb_err err = 0;
+  *threads = 0;
+  if (snap == INVALID_HANDLE_VALUE)
+    return GetLastError();
+  te.dwSize = sizeof te;
+  if (Thread32First(snap, &te)) {
+    do {
+      rb_err e = 0;
+      size_t k;
+      int known = 0;
+      /* never the host's own thread: it would suspend itself */
+      if (te.th32OwnerProcessID != p->pid || te.th32ThreadID == GetCurrentThreadId())
+        continue;
+      for (k = 0; k < nskip && !known; k++)
+        known = skip[k] == te.th32ThreadID;
+      if (!known)
+        e = arm_thread(te.th32ThreadID, slot, addr, size, kind);
+      if (*threads < cap)
+        seen[*threads] = te.th32ThreadID;
+      /* a thread that ended meanwhile is no failure */
+      if (e && e != ERROR_INVALID_PARAMETER && e != ERROR_ACCESS_DENIED && !err)
+        err = e;
+      (*threads)++;
+      te.dwSize = sizeof te;
+    } while (Thread32Next(snap, &te));
+  }
+  CloseHandle(snap);
+  return err;
+}
+
+/* Linux's way (perf events); Windows watches are armed by rb_debug_registers. */
+rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
+  (void)p, (void)addr, (void)size, (void)kind;
+  *out = NULL;
+  return ERROR_NOT_SUPPORTED;
+}
+
+rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long long *dropped) {
+  (void)w, (void)list, (void)cap;
+  *n = 0;
+  *dropped = 0;
+  return ERROR_NOT_SUPPORTED;
+}
+
+void rw_close(rw_watch *w) {
+  (void)w;
+}
+
+const char *rw_method(const rw_watch *w) {
+  (void)w;
+  return "";
+}

@@ -18,8 +18,10 @@
 #include "scan.h"
 #include "ptrmap.h"
 #include "valscan.h"
+#include "watch.h"
 
 #define RMEM_VERSION "rmem.core 0.1.0"
+#define WATCH_META "rmem.core.watch"
 
 /* Windows' least access for alloc/free/protect/read/write/query. */
 #define DEFAULT_ACCESS (0x0008UL | 0x0010UL | 0x0020UL | 0x0400UL | 0x100000UL)
@@ -498,6 +500,143 @@ static int h_modules(lua_State *L) {
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   return 1;
+}
+
+/* ---- hardware watches (watch.h) ------------------------------------------ */
+
+typedef struct lwatch {
+  rw_watch *w; /* NULL once closed */
+} lwatch;
+
+/* h:watch(address, size, kind) -> a watch (Linux); kind is watch.h's */
+static int h_watch(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  uintptr_t addr = check_address(L, 2);
+  lua_Integer size = luaL_checkinteger(L, 3), kind = luaL_checkinteger(L, 4);
+  lwatch *lw;
+  rb_err e;
+  luaL_argcheck(L, size == 1 || size == 2 || size == 4 || size == 8, 3, "size must be 1, 2, 4 or 8");
+  luaL_argcheck(L, kind == RW_EXECUTE || kind == RW_WRITE || kind == RW_READWRITE, 4, "bad kind");
+  lw = (lwatch *)lua_newuserdatauv(L, sizeof *lw, 0);
+  lw->w = NULL;
+  luaL_setmetatable(L, WATCH_META);
+  if ((e = rw_open(p, addr, (int)size, (int)kind, &lw->w)))
+    return os_fail(L, "watch", e);
+  return 1;
+}
+
+static rw_watch *check_watch(lua_State *L) {
+  lwatch *lw = (lwatch *)luaL_checkudata(L, 1, WATCH_META);
+  if (lw->w == NULL)
+    luaL_error(L, "attempt to use a closed watch");
+  return lw->w;
+}
+
+/* w:poll() -> { ip, tid, count, ip, tid, count, ... }, dropped */
+static int w_poll(lua_State *L) {
+  rw_watch *w = check_watch(L);
+  size_t cap = 256, n, i;
+  unsigned long long dropped;
+  rw_hit *list;
+  rb_err e;
+  for (;;) {
+    list = (rw_hit *)lua_newuserdatauv(L, cap * sizeof *list, 0);
+    if ((e = rw_poll(w, list, cap, &n, &dropped)))
+      return os_fail(L, "hits", e);
+    if (n <= cap)
+      break;
+    lua_pop(L, 1);
+    cap = n + 256;
+  }
+  lua_createtable(L, (int)(3 * n), 0);
+  for (i = 0; i < n; i++) {
+    lua_pushinteger(L, (lua_Integer)list[i].ip);
+    lua_rawseti(L, -2, (lua_Integer)(3 * i + 1));
+    lua_pushinteger(L, (lua_Integer)list[i].tid);
+    lua_rawseti(L, -2, (lua_Integer)(3 * i + 2));
+    lua_pushinteger(L, (lua_Integer)list[i].count);
+    lua_rawseti(L, -2, (lua_Integer)(3 * i + 3));
+  }
+  lua_pushinteger(L, (lua_Integer)dropped);
+  return 2;
+}
+
+static int w_method(lua_State *L) {
+  lua_pushstring(L, rw_method(check_watch(L)));
+  return 1;
+}
+
+/* __gc, __close and close: idempotent, never raises */
+static int w_gc(lua_State *L) {
+  lwatch *lw = (lwatch *)luaL_checkudata(L, 1, WATCH_META);
+  rw_watch *w = lw->w;
+  lw->w = NULL;
+  rw_close(w);
+  return 0;
+}
+
+/* h:debug_registers(slot, address, size, kind [, skip]) -> { tid, ... }
+ * (Windows): every thread of the process, armed but those whose ids are
+ * keys of the table skip; size 0 clears the slot on every thread */
+static int h_debug_registers(lua_State *L) {
+  rb_proc *p = check_proc(L);
+  lua_Integer slot = luaL_checkinteger(L, 2), size = luaL_checkinteger(L, 4);
+  lua_Integer kind = luaL_checkinteger(L, 5);
+  uintptr_t addr = check_address(L, 3);
+  size_t nskip = 0, cap = 4096, threads, i;
+  unsigned long *skip, *seen;
+  rb_err e;
+  luaL_argcheck(L, slot >= 0 && slot <= 3, 2, "slot must be 0 to 3");
+  luaL_argcheck(L, size == 0 || size == 1 || size == 2 || size == 4 || size == 8, 4, "bad size");
+  if (!lua_isnoneornil(L, 6)) {
+    luaL_checktype(L, 6, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 6)) {
+      nskip++;
+      lua_pop(L, 1);
+    }
+  }
+  /* userdata, so that an error frees them */
+  skip = (unsigned long *)lua_newuserdatauv(L, (nskip + 1) * sizeof *skip, 0);
+  seen = (unsigned long *)lua_newuserdatauv(L, cap * sizeof *seen, 0);
+  if (nskip) {
+    i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 6)) {
+      lua_pop(L, 1);
+      if (i < nskip)
+        skip[i++] = (unsigned long)luaL_checkinteger(L, -1);
+    }
+  }
+  if ((e = rb_debug_registers(p, (int)slot, addr, (int)size, (int)kind, skip, nskip, seen, cap,
+                              &threads)))
+    return os_fail(L, "watch", e);
+  if (threads > cap)
+    threads = cap;
+  lua_createtable(L, (int)threads, 0);
+  for (i = 0; i < threads; i++) {
+    lua_pushinteger(L, (lua_Integer)seen[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+static const luaL_Reg watch_methods[] = {
+  {"poll", w_poll},
+  {"method", w_method},
+  {"close", w_gc},
+  {NULL, NULL}
+};
+
+static void create_watch_meta(lua_State *L) {
+  luaL_newmetatable(L, WATCH_META);
+  lua_pushcfunction(L, w_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, w_gc);
+  lua_setfield(L, -2, "__close");
+  luaL_newlib(L, watch_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
 }
 
 /* ---- module functions ------------------------------------------------------ */
@@ -1028,6 +1167,8 @@ static const luaL_Reg methods[] = {
   {"tebs", h_tebs},
   {"call", h_call},
   {"patch_code", h_patch_code},
+  {"watch", h_watch},
+  {"debug_registers", h_debug_registers},
   {"pid", h_pid},
   {"bits", h_bits},
   {"name", h_name},
@@ -1067,6 +1208,7 @@ RMEM_EXPORT int luaopen_rmem_core(lua_State *L) {
   rmem_createmeta(L, VALSCAN_META, valscan_metamethods, valscan_methods);
   rmem_open_buffer(L);
   rmem_open_freeze(L);
+  create_watch_meta(L);
   lua_createtable(L, 0, (int)(sizeof flags / sizeof flags[0]));
   for (i = 0; flags[i].name != NULL; i++)
     set_int(L, flags[i].name, flags[i].value);

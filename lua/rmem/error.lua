@@ -19,7 +19,12 @@ local DECOMMIT_RANGE = "the range must lie inside one allocation; decommit(base,
 local PROTECT_COMMITTED = "protect needs committed pages inside one allocation: "
   .. "commit them first (reserved and free pages have no protection)"
 
+local WATCH_PERF = "hardware watches need perf_event_open on the target's threads: root, or "
+  .. "kernel.perf_event_paranoid <= 2 and ptrace rights over the process"
+
 local hints = {
+  watch = { EACCES = WATCH_PERF, EPERM = WATCH_PERF, ENOSPC = "every debug register of a "
+    .. "thread is in use (another debugger or watch)" },
   open = {
     ESRCH = "no process has this pid (it may have exited): rmem.processes() lists the running ones",
     EACCES = "the process belongs to another user or is not dumpable: run as its user or "

@@ -16,6 +16,7 @@ local disasm = require "rmem.code"
 local hook = require "rmem.hook"
 local many = require "rmem.many"
 local valscan = require "rmem.valscan"
+local watch = require "rmem.watch"
 
 typed.install(Process, Region, Region._span, core.page_size)
 scan.install(Process)
@@ -35,6 +36,7 @@ for name in pairs(typed.inline) do inline[name] = true end
 check.methods(Process, "p", { open = true, self = true, processes = true }, inline)
 check.methods(Region, "r", { new = true }, {})
 many.install(Process)
+watch.install(Process)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end

@@ -24,6 +24,9 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/user.h>
+#include <stddef.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -275,7 +278,81 @@ static int tp_handle_count(lua_State *L) {
   return 1;
 }
 
+/* testproc.debug_registers(pid) -> { {tid=, dr7=, dr0=, ..., dr3=}, ... }:
+ * each thread's debug registers as ptrace (PEEKUSER) reads them, the thread
+ * stopped for the read (PTRACE_SEIZE + INTERRUPT) and let go. */
+static int tp_debug_registers(lua_State *L) {
+  pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+  char path[64];
+  DIR *d;
+  struct dirent *e;
+  lua_Integer n = 0;
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  if ((d = opendir(path)) == NULL)
+    return luaL_error(L, "opendir %s: %s", path, strerror(errno));
+  lua_newtable(L);
+  while ((e = readdir(d)) != NULL) {
+    pid_t tid = (pid_t)atoi(e->d_name);
+    int st, i;
+    static const char *const names[] = {"dr0", "dr1", "dr2", "dr3", NULL, NULL, NULL, "dr7"};
+    if (tid <= 0 || ptrace(PTRACE_SEIZE, tid, 0, 0) != 0)
+      continue;
+    if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) == 0 && waitpid(tid, &st, __WALL) == tid) {
+      lua_createtable(L, 0, 6);
+      lua_pushinteger(L, tid);
+      lua_setfield(L, -2, "tid");
+      for (i = 0; i < 8; i++) {
+        long v;
+        if (names[i] == NULL)
+          continue;
+        errno = 0;
+        v = ptrace(PTRACE_PEEKUSER, tid, (void *)(offsetof(struct user, u_debugreg) + i * sizeof(long)), 0);
+        lua_pushinteger(L, errno ? -1 : (lua_Integer)v);
+        lua_setfield(L, -2, names[i]);
+      }
+      lua_rawseti(L, -2, ++n);
+    }
+    ptrace(PTRACE_DETACH, tid, 0, 0);
+  }
+  closedir(d);
+  return 1;
+}
+
+/* The host's perf_event descriptors (p:watch's, on Linux). */
+static int tp_perf_events(lua_State *L) {
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  lua_Integer n = 0;
+  if (d == NULL)
+    return luaL_error(L, "opendir /proc/self/fd: %s", strerror(errno));
+  while ((e = readdir(d)) != NULL) {
+    char path[300], link[64];
+    ssize_t k;
+    snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+    k = readlink(path, link, sizeof link - 1);
+    if (k > 0) {
+      link[k] = 0;
+      n += strstr(link, "perf_event") != NULL;
+    }
+  }
+  closedir(d);
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+static int tp_sleep(lua_State *L) {
+  lua_Integer ms = luaL_checkinteger(L, 1);
+  struct timespec ts;
+  ts.tv_sec = (time_t)(ms / 1000);
+  ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+  nanosleep(&ts, NULL);
+  return 0;
+}
+
 static const luaL_Reg funcs[] = {
+  {"debug_registers", tp_debug_registers},
+  {"perf_events", tp_perf_events},
+  {"sleep", tp_sleep},
   {"start", tp_start},
   {"handle_count", tp_handle_count},
   {"count_sigchld", tp_count_sigchld},

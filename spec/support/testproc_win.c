@@ -7,8 +7,12 @@
  *     -- returns once the target has set its ready event
  *   t:pid()  t:stop([exit_code])  -- stop waits for the exit; idempotent
  *   testproc.wine_version()        -- Wine's version string, or nil on Windows
+ *   testproc.debug_registers(pid)  -- every thread's Dr0-3 and Dr7
+ *   testproc.sleep(ms)
  */
 #include <windows.h>
+#include <tlhelp32.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -200,7 +204,59 @@ static int tp_handle_count(lua_State *L) {
   return 1;
 }
 
+/* testproc.debug_registers(pid) -> { {tid=, dr7=, dr0=, ..., dr3=}, ... }:
+ * what GetThreadContext says of every thread of the process (p:watch). */
+static int tp_debug_registers(lua_State *L) {
+  DWORD pid = (DWORD)luaL_checkinteger(L, 1);
+  HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
+  THREADENTRY32 te;
+  lua_Integer n = 0;
+  if (snap == INVALID_HANDLE_VALUE)
+    return fail(L, "CreateToolhelp32Snapshot", GetLastError());
+  lua_newtable(L);
+  te.dwSize = sizeof te;
+  if (Thread32First(snap, &te)) {
+    do {
+      HANDLE t;
+      CONTEXT c;
+      if (te.th32OwnerProcessID != pid)
+        continue;
+      t = OpenThread(THREAD_GET_CONTEXT, FALSE, te.th32ThreadID);
+      memset(&c, 0, sizeof c);
+      c.ContextFlags = CONTEXT_DEBUG_REGISTERS;
+      if (t != NULL && GetThreadContext(t, &c)) {
+        lua_createtable(L, 0, 6);
+        lua_pushinteger(L, (lua_Integer)te.th32ThreadID);
+        lua_setfield(L, -2, "tid");
+        lua_pushinteger(L, (lua_Integer)c.Dr7);
+        lua_setfield(L, -2, "dr7");
+        lua_pushinteger(L, (lua_Integer)c.Dr0);
+        lua_setfield(L, -2, "dr0");
+        lua_pushinteger(L, (lua_Integer)c.Dr1);
+        lua_setfield(L, -2, "dr1");
+        lua_pushinteger(L, (lua_Integer)c.Dr2);
+        lua_setfield(L, -2, "dr2");
+        lua_pushinteger(L, (lua_Integer)c.Dr3);
+        lua_setfield(L, -2, "dr3");
+        lua_rawseti(L, -2, ++n);
+      }
+      if (t != NULL)
+        CloseHandle(t);
+      te.dwSize = sizeof te;
+    } while (Thread32Next(snap, &te));
+  }
+  CloseHandle(snap);
+  return 1;
+}
+
+static int tp_sleep(lua_State *L) {
+  Sleep((DWORD)luaL_checkinteger(L, 1));
+  return 0;
+}
+
 static const luaL_Reg funcs[] = {
+  {"debug_registers", tp_debug_registers},
+  {"sleep", tp_sleep},
   {"start", tp_start},
   {"handle_count", tp_handle_count},
   {"wine_version", tp_wine_version},

@@ -1,0 +1,217 @@
+-- p:watch: hardware watches on a real target whose thread writes a known
+-- variable from a known function (examples/target.c --writer).
+local rmem = require "rmem"
+local helpers = require "spec.helpers"
+local testproc = helpers.testproc
+
+local ACCESS = { access = "all" }
+local has_disasm = pcall(require, "rmem.disasm")
+-- Wine's exception path is slow: its threads need longer to start and to hit
+local SLOW = helpers.wine and 3 or 1
+
+--- Starts a target with these options, opens it; returns the process, the
+-- target and the watched variable's layout (examples/target.c "watched").
+local function writer_target(args)
+  local t = helpers.start_target { args = args }
+  local p = rmem.open(t.pid, ACCESS)
+  local magic
+  for _, at in ipairs(p:scan_all { bytes = "rmem-watched-var", mask = ("x"):rep(16) }) do
+    if at % 16 == 0 then magic = at end
+  end
+  assert(magic, "the watched variable was not found")
+  return p, t, { value = magic + 16, writes = magic + 24, writer = p:read_u64(magic + 32),
+    reader = p:read_u64(magic + 40) }
+end
+
+--- [fn, end of its first ret): the function's range (16 bytes without a decoder).
+local function range_of(p, fn)
+  if not has_disasm then return fn, fn + 16 end
+  for _, i in ipairs(require("rmem.disasm").disasm(p:read(fn, 64), fn, p.bits)) do
+    if i.text:match("^ret") then return fn, i.address + i.size end
+  end
+  error("no ret in the function")
+end
+
+local function inside(a, fn_lo, fn_hi) return a >= fn_lo and a < fn_hi end
+
+local function total(hits)
+  local n = 0
+  for _, h in ipairs(hits) do n = n + h.count end
+  return n
+end
+
+--- Every thread's debug registers clear (Dr0-3 and Dr7's enable bits).
+local function assert_clear(pid)
+  local threads = testproc.debug_registers(pid)
+  assert.is_true(#threads >= 1)
+  for _, th in ipairs(threads) do
+    assert.are.equal(0, th.dr7 & 0xFF, ("thread %d dr7 0x%X"):format(th.tid, th.dr7))
+    for _, k in ipairs { "dr0", "dr1", "dr2", "dr3" } do assert.are.equal(0, th[k]) end
+  end
+end
+
+describe("p:watch()", function()
+  it("reports the store inside the writing function, and reads only for \"rw\"", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local w_lo, w_hi = range_of(p, v.writer)
+    local r_lo, r_hi = range_of(p, v.reader)
+    local w = p:watch(v.value, 4, "w")
+    testproc.sleep(500 * SLOW)
+    local hits = w:hits()
+    assert.is_true(#hits >= 1 and hits[1].count > 10, "hits: " .. #hits)
+    for _, h in ipairs(hits) do
+      assert.is_true(inside(h.address, w_lo, w_hi), ("0x%X not in the writer"):format(h.address))
+      assert.is_false(inside(h.address, r_lo, r_hi))
+      if has_disasm then assert.matches("^mov dword ptr %[", h.text) end
+    end
+    assert.matches("^rmem%.Watch 0x%x+ 4 bytes w, %d+ hits", tostring(w))
+    w:close()
+    local rw = p:watch(v.value, 4, "rw")
+    testproc.sleep(500 * SLOW)
+    local reads, writes = 0, 0
+    for _, h in ipairs(rw:hits()) do
+      if inside(h.address, r_lo, r_hi) then reads = reads + h.count end
+      if inside(h.address, w_lo, w_hi) then writes = writes + h.count end
+    end
+    assert.is_true(reads > 10 and writes > 10, ("reads %d writes %d"):format(reads, writes))
+    rw:close()
+    p:close()
+    t:stop()
+  end)
+
+  it("catches a thread created after the watch started", function()
+    local p, t, v = writer_target { "--spawn-writer-after", tostring(1500 * SLOW) }
+    local before = {}
+    for _, th in ipairs(testproc.debug_registers(t.pid)) do before[th.tid] = true end
+    local w <close> = p:watch(v.value, 4, "w")
+    assert.are.equal(0, #w:hits())
+    -- Windows arms new threads when w:hits() looks (Linux every 10 ms too)
+    for _ = 1, 25 do
+      testproc.sleep(100 * SLOW)
+      w:hits()
+    end
+    local hits = w:hits()
+    assert.is_true(#hits >= 1 and hits[1].count > 10)
+    assert.is_nil(before[hits[1].threads[1]])
+    w:close()
+    p:close()
+    t:stop()
+  end)
+
+  it("leaves every thread's debug registers clear and the target running", function()
+    local p, t, v = writer_target { "--writer", "1", "--writer", "1" }
+    local watches = {}
+    for i = 1, 4 do watches[i] = p:watch(v.value, 4, i % 2 == 0 and "rw" or "w") end
+    testproc.sleep(200 * SLOW)
+    if helpers.windows then -- the registers really were set
+      local armed = 0
+      for _, th in ipairs(testproc.debug_registers(t.pid)) do
+        if th.dr7 & 0xFF == 0x55 then armed = armed + 1 end
+      end
+      assert.is_true(armed >= 2)
+    end
+    for i = 1, 4 do watches[i]:close() end
+    assert_clear(t.pid)
+    if helpers.linux then assert.are.equal(0, testproc.perf_events()) end
+    local w0 = p:read_u64(v.writes)
+    testproc.sleep(300 * SLOW)
+    assert.is_true(p:is_alive())
+    assert.is_true(p:read_u64(v.writes) > w0)
+    p:close()
+    t:stop()
+  end)
+
+  -- Wine 8 can hang in SuspendThread/GetThreadContext on a thread that
+  -- takes a debug exception after every few instructions: Linux only here
+  helpers.linux_it("survives 50 open/close cycles on a writer in a tight loop", function()
+    local p, t, v = writer_target { "--writer", "0" }
+    for i = 1, 50 do
+      local w <close> = p:watch(v.value, 4, i % 2 == 0 and "rw" or "w")
+      if i % 10 == 0 then -- really watching (the writer may wait for a CPU a while)
+        local n = 0
+        for _ = 1, 100 do
+          testproc.sleep(20)
+          n = total(w:hits()) + w.dropped
+          if n > 0 then break end
+        end
+        assert.is_true(n > 0)
+      end
+    end
+    testproc.sleep(200)
+    assert.is_true(p:is_alive())
+    assert_clear(t.pid)
+    p:close()
+    t:stop()
+  end)
+
+  -- Windows: not run yet (a child lua.exe under Wine through io.popen hung here)
+  helpers.linux_it("leaves the target running when the host dies mid-watch", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local script = ([[
+      local rmem = require "rmem"
+      local p = rmem.open(%d, { access = "all" })
+      W = p:watch(%d, 4, "w")
+      io.write(rmem.self().pid, "\n") io.flush()
+      require("testproc").sleep(60000)
+    ]]):gsub("\n", " "):format(t.pid, v.value)
+    local lua = helpers.windows and arg[-1] or "lua5.4"
+    local cmd = ("%s -e %q"):format(lua, ("package.path=%q package.cpath=%q "):format(package.path,
+      package.cpath) .. script)
+    local child = io.popen(cmd, "r")
+    local child_pid = tonumber(child:read("l"))
+    assert.is_number(child_pid)
+    testproc.sleep(100)
+    os.execute((helpers.windows and "taskkill /F /PID %d >NUL 2>NUL" or "kill -9 %d"):format(child_pid))
+    child:close()
+    local w0 = p:read_u64(v.writes)
+    testproc.sleep(500 * SLOW)
+    assert.is_true(p:is_alive())
+    assert.is_true(p:read_u64(v.writes) > w0)
+    p:close()
+    t:stop()
+  end)
+
+  -- Wine 8: closing can hang (SuspendThread on the busy writer), as above
+  helpers.linux_it("counts hits plus dropped as the writes of a busy writer (100 per ms, 5 s)", function()
+    local p, t, v = writer_target { "--writer", "100" }
+    local w = p:watch(v.value, 4, "w")
+    local w0 = p:read_u64(v.writes)
+    testproc.sleep(5000)
+    local writes = p:read_u64(v.writes) - w0
+    local seen = total(w:hits())
+    local dropped = w.dropped
+    w:close()
+    assert.is_true(p:is_alive())
+    local msg = ("%d writes, %d hits, %d dropped"):format(writes, seen, dropped)
+    print(msg)
+    assert.is_true(math.abs(seen + dropped - writes) <= writes // 100 + 10, msg)
+    p:close()
+    t:stop()
+  end)
+
+  it("refuses bad input with clear errors", function()
+    local p, t, v = writer_target {}
+    for _, size in ipairs { 0, 3, 16 } do
+      assert.has_error(function() p:watch(v.value, size, "w") end,
+        ("bad argument #2 to 'watch' (size must be 1, 2, 4 or 8, got %d)"):format(size))
+    end
+    assert.has_error(function() p:watch(v.value + 2, 4, "w") end,
+      ("bad argument #1 to 'watch' (address 0x%X is not aligned to the size (4))"):format(v.value + 2))
+    assert.has_error(function() p:watch(v.value, 4, "r") end,
+      "bad argument #3 to 'watch' (kind must be \"w\", \"rw\" or \"x\", got r)")
+    local ws = {}
+    for i = 1, 4 do ws[i] = p:watch(v.value, 4, "w") end
+    local ok, e = pcall(p.watch, p, v.value, 4, "w")
+    assert.is_false(ok)
+    assert.are.equal("NO_DEBUG_REGISTER", e.name)
+    ws[1]:close()
+    ws[1] = p:watch(v.value, 4, "w") -- a closed watch frees its register
+    for i = 1, 4 do ws[i]:close() end
+    assert.has_error(function() ws[1]:hits() end)
+    p:close()
+    ok, e = pcall(p.watch, p, v.value, 4, "w")
+    assert.is_false(ok)
+    assert.are.equal("PROCESS_CLOSED", e.name)
+    t:stop()
+  end)
+end)

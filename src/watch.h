@@ -1,0 +1,47 @@
+/*
+ * Hardware watches (p:watch): the part that needs the OS's help.
+ *
+ * Linux (watch_linux.c): one perf_event_open(PERF_TYPE_BREAKPOINT) event
+ * per thread of the target, each with a sample ring that a host thread
+ * drains and that also opens events on threads created later.
+ *
+ * Windows (backend_win.c): rb_debug_registers sets or clears one debug
+ * register on every thread; the handler that records the hits lives in the
+ * target (lua/rmem/watch.lua writes and installs it).
+ */
+#ifndef RMEM_WATCH_H
+#define RMEM_WATCH_H
+
+#include "backend.h"
+
+/* The access kinds, as DR7's RW bits encode them. */
+enum { RW_EXECUTE = 0, RW_WRITE = 1, RW_READWRITE = 3 };
+
+typedef struct rw_watch rw_watch;
+
+/* Hits recorded since the last rw_poll, one per (instruction, thread). */
+typedef struct rw_hit {
+  uintptr_t ip; /* what the CPU reported: after the access for data watches */
+  unsigned long tid;
+  unsigned long long count;
+} rw_hit;
+
+rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out);
+/* Fills up to cap hits and sets *n to how many are pending (call again
+ * with more room when *n > cap: nothing is lost); *dropped is the number of
+ * hits the OS could not record, since the watch started. */
+rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long long *dropped);
+/* Disarms every thread, then frees everything; idempotent through NULL. */
+void rw_close(rw_watch *w);
+/* "perf" (how the watch is armed; tostring shows it). */
+const char *rw_method(const rw_watch *w);
+
+/* Windows: slot 0-3 armed with (addr, size, kind) on every thread but the
+ * nskip in skip (those armed already: Wine can hang suspending a thread
+ * busy with debug exceptions), or cleared on every thread when size is 0.
+ * The process's thread ids go to seen (up to cap), their number to *threads. */
+rb_err rb_debug_registers(rb_proc *p, int slot, uintptr_t addr, int size, int kind,
+                          const unsigned long *skip, size_t nskip, unsigned long *seen,
+                          size_t cap, size_t *threads);
+
+#endif

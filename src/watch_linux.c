@@ -1,0 +1,320 @@
+/*
+ * p:watch on Linux: perf_event_open(PERF_TYPE_BREAKPOINT) on every thread of
+ * the target, sample_period 1, each sample (instruction pointer, thread)
+ * written by the kernel into a ring mapped in the host. The target never
+ * stops. A host thread drains the rings every few milliseconds into a
+ * table of (ip, tid) -> count, so that a busy writer does not overflow them
+ * between two w:hits(), and rescans /proc/PID/task for threads created
+ * later (without inherit, whose samples could not be told from those of an
+ * event opened on the same thread by the rescan).
+ *
+ * Closing disables every event first (PERF_EVENT_IOC_DISABLE returns once
+ * the breakpoint is out of the CPU's debug registers), drains what is
+ * already in the rings, waits a scheduler tick and only then closes the
+ * descriptors: see the README ("Watches") for the SIGTRAP this avoids.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <linux/hw_breakpoint.h>
+#include <linux/perf_event.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "watch.h"
+
+/* 16 data pages: about 2,700 samples, 25 ms of a thread hitting 100,000
+ * times a second, and the host drains every DRAIN_MS. */
+#define RING_PAGES 16
+#define DRAIN_MS 5
+
+typedef struct event {
+  unsigned long tid;
+  int fd;
+  struct perf_event_mmap_page *ring;
+} event;
+
+struct rw_watch {
+  pid_t pid;
+  uintptr_t addr;
+  int size, kind;
+  size_t page;
+  event *events;
+  size_t nevents, cap;
+  rw_hit *table; /* open addressing on (ip, tid); count 0 = empty */
+  size_t tsize, tused;
+  unsigned long long dropped;
+  pthread_mutex_t lock;
+  pthread_t drainer;
+  int running, stop;
+};
+
+static int perf_open(struct perf_event_attr *a, pid_t tid) {
+  return (int)syscall(SYS_perf_event_open, a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+}
+
+static size_t slot_of(const rw_watch *w, uintptr_t ip, unsigned long tid) {
+  uint64_t h = ((uint64_t)ip ^ ((uint64_t)tid << 32)) * 0x9E3779B97F4A7C15ULL;
+  return (size_t)(h >> 20) & (w->tsize - 1);
+}
+
+static int add_hit(rw_watch *w, uintptr_t ip, unsigned long tid, unsigned long long n) {
+  size_t i;
+  if ((w->tused + 1) * 2 > w->tsize) {
+    size_t old = w->tsize, k;
+    rw_hit *prev = w->table, *t = (rw_hit *)calloc(old ? old * 2 : 64, sizeof *t);
+    if (t == NULL)
+      return ENOMEM;
+    w->table = t;
+    w->tsize = old ? old * 2 : 64;
+    w->tused = 0;
+    for (k = 0; k < old; k++)
+      if (prev[k].count)
+        add_hit(w, prev[k].ip, prev[k].tid, prev[k].count);
+    free(prev);
+  }
+  for (i = slot_of(w, ip, tid); w->table[i].count; i = (i + 1) & (w->tsize - 1))
+    if (w->table[i].ip == ip && w->table[i].tid == tid) {
+      w->table[i].count += n;
+      return 0;
+    }
+  w->table[i].ip = ip;
+  w->table[i].tid = tid;
+  w->table[i].count = n;
+  w->tused++;
+  return 0;
+}
+
+/* Moves one ring's records into the table (called with the lock held). */
+static void drain(rw_watch *w, event *e) {
+  struct perf_event_mmap_page *m = e->ring;
+  const unsigned char *data = (const unsigned char *)m + w->page;
+  uint64_t size = (uint64_t)RING_PAGES * w->page;
+  uint64_t head = __atomic_load_n(&m->data_head, __ATOMIC_ACQUIRE), tail = m->data_tail;
+  while (tail < head) {
+    struct perf_event_header h;
+    uint64_t rec[4]; /* the largest record read here: header + 3 words */
+    size_t k, len;
+    for (k = 0; k < sizeof h; k++)
+      ((unsigned char *)&h)[k] = data[(tail + k) % size];
+    len = h.size < sizeof rec ? h.size : sizeof rec;
+    for (k = 0; k < len; k++)
+      ((unsigned char *)rec)[k] = data[(tail + k) % size];
+    if (h.type == PERF_RECORD_SAMPLE && h.size >= 24) {
+      /* ip, then pid and tid (u32 each) */
+      if (add_hit(w, (uintptr_t)rec[1], (unsigned long)(rec[2] >> 32), 1))
+        w->dropped++;
+    } else if (h.type == PERF_RECORD_LOST && h.size >= 24) {
+      w->dropped += rec[2];
+    }
+    if (h.size == 0)
+      break;
+    tail += h.size;
+  }
+  __atomic_store_n(&m->data_tail, head, __ATOMIC_RELEASE);
+}
+
+static void close_event(rw_watch *w, event *e) {
+  munmap(e->ring, (RING_PAGES + 1) * w->page);
+  close(e->fd);
+}
+
+static rb_err open_event(rw_watch *w, unsigned long tid) {
+  struct perf_event_attr a;
+  event e;
+  if (w->nevents == w->cap) {
+    size_t cap = w->cap ? w->cap * 2 : 8;
+    event *list = (event *)realloc(w->events, cap * sizeof *list);
+    if (list == NULL)
+      return ENOMEM;
+    w->events = list;
+    w->cap = cap;
+  }
+  memset(&a, 0, sizeof a);
+  a.type = PERF_TYPE_BREAKPOINT;
+  a.size = sizeof a;
+  a.bp_type = w->kind == RW_EXECUTE ? HW_BREAKPOINT_X
+              : w->kind == RW_WRITE ? HW_BREAKPOINT_W : HW_BREAKPOINT_RW;
+  a.bp_addr = (uint64_t)w->addr;
+  a.bp_len = w->kind == RW_EXECUTE ? sizeof(long) : (uint64_t)w->size;
+  a.sample_period = 1;
+  a.sample_type = PERF_SAMPLE_IP | PERF_SAMPLE_TID;
+  a.exclude_kernel = 1; /* the kernel's own accesses (read() into the buffer) have no user IP */
+  a.exclude_hv = 1;
+  e.tid = tid;
+  e.fd = perf_open(&a, (pid_t)tid);
+  if (e.fd < 0)
+    return (rb_err)errno;
+  e.ring = (struct perf_event_mmap_page *)mmap(NULL, (RING_PAGES + 1) * w->page,
+                                               PROT_READ | PROT_WRITE, MAP_SHARED, e.fd, 0);
+  if (e.ring == MAP_FAILED) {
+    rb_err err = (rb_err)errno;
+    close(e.fd);
+    return err;
+  }
+  w->events[w->nevents++] = e;
+  return 0;
+}
+
+/* Opens events on the threads that have none; closes those of threads that
+ * ended (after draining them). With the lock held. */
+static rb_err rescan(rw_watch *w) {
+  char path[64];
+  DIR *d;
+  struct dirent *de;
+  size_t i;
+  rb_err err = 0;
+  snprintf(path, sizeof path, "/proc/%d/task", (int)w->pid);
+  if ((d = opendir(path)) == NULL)
+    return errno == ENOENT ? ESRCH : (rb_err)errno;
+  while ((de = readdir(d)) != NULL) {
+    unsigned long tid = strtoul(de->d_name, NULL, 10);
+    int known = 0;
+    if (tid == 0)
+      continue;
+    for (i = 0; i < w->nevents && !known; i++)
+      known = w->events[i].tid == tid;
+    /* a thread that ended between readdir and the open is no failure */
+    if (!known && (err = open_event(w, tid)) == ESRCH)
+      err = 0;
+    if (err)
+      break;
+  }
+  closedir(d);
+  for (i = 0; i < w->nevents;) {
+    snprintf(path, sizeof path, "/proc/%d/task/%lu", (int)w->pid, w->events[i].tid);
+    if (access(path, F_OK) != 0) {
+      drain(w, &w->events[i]);
+      close_event(w, &w->events[i]);
+      w->events[i] = w->events[--w->nevents];
+    } else {
+      i++;
+    }
+  }
+  return err;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts;
+  ts.tv_sec = ms / 1000;
+  ts.tv_nsec = ms % 1000 * 1000000L;
+  nanosleep(&ts, NULL);
+}
+
+static void *drainer(void *arg) {
+  rw_watch *w = (rw_watch *)arg;
+  unsigned n = 0;
+  for (;;) {
+    size_t i;
+    pthread_mutex_lock(&w->lock);
+    if (w->stop) {
+      pthread_mutex_unlock(&w->lock);
+      return NULL;
+    }
+    for (i = 0; i < w->nevents; i++)
+      drain(w, &w->events[i]);
+    /* new threads every 10 ms: a readdir of /proc costs more than a drain */
+    if (++n % 2 == 0)
+      rescan(w);
+    pthread_mutex_unlock(&w->lock);
+    sleep_ms(DRAIN_MS);
+  }
+}
+
+rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
+  rw_watch *w = (rw_watch *)calloc(1, sizeof *w);
+  rb_err err;
+  size_t before;
+  *out = NULL;
+  if (w == NULL)
+    return ENOMEM;
+  w->pid = (pid_t)rb_pid(p);
+  w->addr = addr;
+  w->size = size;
+  w->kind = kind;
+  w->page = (size_t)sysconf(_SC_PAGESIZE);
+  pthread_mutex_init(&w->lock, NULL);
+  /* until no thread is new: one created while the first scan ran is caught */
+  do {
+    before = w->nevents;
+    err = rescan(w);
+  } while (!err && w->nevents != before);
+  if (!err && w->nevents == 0)
+    err = ESRCH;
+  if (!err && (err = (rb_err)pthread_create(&w->drainer, NULL, drainer, w)) == 0)
+    w->running = 1;
+  if (err) {
+    rw_close(w);
+    return err;
+  }
+  *out = w;
+  return 0;
+}
+
+rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long long *dropped) {
+  size_t i, k = 0;
+  rb_err err;
+  pthread_mutex_lock(&w->lock);
+  err = rescan(w);
+  for (i = 0; i < w->nevents; i++)
+    drain(w, &w->events[i]);
+  *n = w->tused;
+  if (w->tused <= cap) {
+    for (i = 0; i < w->tsize; i++)
+      if (w->table[i].count)
+        list[k++] = w->table[i];
+    if (w->table != NULL)
+      memset(w->table, 0, w->tsize * sizeof *w->table);
+    w->tused = 0;
+  }
+  *dropped = w->dropped;
+  pthread_mutex_unlock(&w->lock);
+  /* a target that ended still gives the hits it made */
+  return err == ESRCH ? 0 : err;
+}
+
+void rw_close(rw_watch *w) {
+  size_t i;
+  if (w == NULL)
+    return;
+  if (w->running) {
+    pthread_mutex_lock(&w->lock);
+    w->stop = 1;
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->drainer, NULL);
+  }
+  /* out of the debug registers of every thread first, while the events
+   * still exist to claim any debug exception already on its way */
+  for (i = 0; i < w->nevents; i++)
+    ioctl(w->events[i].fd, PERF_EVENT_IOC_DISABLE, 0);
+  sleep_ms(DRAIN_MS);
+  for (i = 0; i < w->nevents; i++) {
+    drain(w, &w->events[i]);
+    close_event(w, &w->events[i]);
+  }
+  free(w->events);
+  free(w->table);
+  pthread_mutex_destroy(&w->lock);
+  free(w);
+}
+
+const char *rw_method(const rw_watch *w) {
+  (void)w;
+  return "perf";
+}
+
+rb_err rb_debug_registers(rb_proc *p, int slot, uintptr_t addr, int size, int kind,
+                          const unsigned long *skip, size_t nskip, unsigned long *seen,
+                          size_t cap, size_t *threads) {
+  (void)p, (void)slot, (void)addr, (void)size, (void)kind, (void)skip, (void)nskip, (void)seen,
+      (void)cap;
+  *threads = 0;
+  return ENOSYS;
+}

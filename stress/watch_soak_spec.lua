@@ -1,0 +1,40 @@
+-- Watch soak (make stress): 1,000 watch open/close cycles on a target
+-- writing the watched variable in a tight loop (examples/target.c --writer 0,
+-- and the same from a second thread): the target never dies (no SIGTRAP, no
+-- unhandled single-step), every thread's debug registers end clear, and the
+-- host's handles are flat. RMEM_WATCH_SOAK sets the number of cycles.
+local rmem = require "rmem"
+local helpers = require "spec.helpers"
+local testproc = helpers.testproc
+
+local N = tonumber(os.getenv("RMEM_WATCH_SOAK")) or 1000
+
+describe("watch soak", function()
+  -- Wine 8 can hang in SuspendThread/GetThreadContext on a thread that takes
+  -- a debug exception after every few instructions (README, "Watches")
+  helpers.linux_it(("%d watch open/close cycles on a writer in a tight loop"):format(N), function()
+    local t = helpers.start_target { args = { "--writer", "0", "--writer", "0" } }
+    local p = rmem.open(t.pid, { access = "all" })
+    local magic
+    for _, at in ipairs(p:scan_all { bytes = "rmem-watched-var", mask = ("x"):rep(16) }) do
+      if at % 16 == 0 then magic = at end
+    end
+    local value = assert(magic) + 16
+    local handles = helpers.handle_count()
+    local seen = 0
+    for i = 1, N do
+      local w <close> = p:watch(value, 4, i % 2 == 0 and "rw" or "w")
+      if i % 4 == 0 then testproc.sleep(1) end -- some close with hits in flight, some at once
+      for _, h in ipairs(w:hits()) do seen = seen + h.count end
+      assert(p:is_alive(), ("the target died in cycle %d"):format(i))
+    end
+    testproc.sleep(200)
+    assert.is_true(p:is_alive())
+    assert.is_true(seen > 0)
+    for _, th in ipairs(testproc.debug_registers(t.pid)) do assert.are.equal(0, th.dr7 & 0xFF) end
+    assert.are.equal(handles, helpers.handle_count())
+    print(("%d cycles, %d hits seen, target alive"):format(N, seen))
+    p:close()
+    t:stop()
+  end)
+end)
