@@ -50,8 +50,16 @@ local function assert_clear(pid)
   end
 end
 
+-- Under Wine 8, arming or clearing a thread that is taking debug exceptions
+-- can hang in SuspendThread/GetThreadContext (README, "Watches"): the cases
+-- with hits in flight are pending there until that is solved.
+local function hits_it(name, fn)
+  if helpers.wine then return require("busted").pending(name .. " (can hang under Wine 8)") end
+  return it(name, fn)
+end
+
 describe("p:watch()", function()
-  it("reports the store inside the writing function, and reads only for \"rw\"", function()
+  hits_it("reports the store inside the writing function, and reads only for \"rw\"", function()
     local p, t, v = writer_target { "--writer", "1" }
     local w_lo, w_hi = range_of(p, v.writer)
     local r_lo, r_hi = range_of(p, v.reader)
@@ -79,7 +87,7 @@ describe("p:watch()", function()
     t:stop()
   end)
 
-  it("catches a thread created after the watch started", function()
+  hits_it("catches a thread created after the watch started", function()
     local p, t, v = writer_target { "--spawn-writer-after", tostring(1500 * SLOW) }
     local before = {}
     for _, th in ipairs(testproc.debug_registers(t.pid)) do before[th.tid] = true end
@@ -98,7 +106,7 @@ describe("p:watch()", function()
     t:stop()
   end)
 
-  it("leaves every thread's debug registers clear and the target running", function()
+  hits_it("leaves every thread's debug registers clear and the target running", function()
     local p, t, v = writer_target { "--writer", "1", "--writer", "1" }
     local watches = {}
     for i = 1, 4 do watches[i] = p:watch(v.value, 4, i % 2 == 0 and "rw" or "w") end
