@@ -361,6 +361,20 @@ describe("p:hook", function()
     assert.equal(5, bt.proc:wait())
   end)
 
+  it("keeps a trampoline block while a hook in it lives, when another block empties", function()
+    -- a system library lies more than 2 GiB from the program: a second block
+    local lib = helpers.windows and "kernel32.dll" or "libc.so.6"
+    local far = assert(p:proc_address(lib, helpers.windows and "GetTickCount" or "getpid"))
+    local h1 = p:hook(f.hook_add, "")
+    local h2 = p:hook(far, "")
+    local h3 = p:hook(f.get_setting, "")
+    h3:restore()
+    h1:restore()
+    assert.equal("commit", p:query(h2.trampoline).state)
+    assert.equal(0xE9, p:read_u8(far))
+    h2:restore()
+  end)
+
   it("keeps a hook and its trampoline with keep()", function()
     local h = p:hook(f.hook_add, set_arg2_99)
     assert.equal(f.hook_add, h:keep())

@@ -23,6 +23,13 @@ local function chain_target()
   return t, p, value
 end
 
+--- A saved map whose header (the same length) has no process line.
+local function no_process_line(whole)
+  local hlen = string.unpack("<I4", whole, 17)
+  local header = ("rmem pointer map\n"):rep(hlen):sub(1, hlen)
+  return whole:sub(1, 20) .. header .. whole:sub(21 + hlen)
+end
+
 local function is_true_chain(c, p)
   return c.module == p.name and #c.offsets == 2 and c.offsets[1] == 0x48 and c.offsets[2] == 0x10
 end
@@ -121,7 +128,7 @@ describe("pointer scan", function()
     -- a truncated file and a foreign one are clear errors
     local whole = assert(io.open(path, "rb")):read("a")
     for _, bad in ipairs { whole:sub(1, #whole - 7), whole:sub(1, 30), "not a map at all",
-      "RMEMPTRS\2\0\0\0" .. whole:sub(13) } do
+      "RMEMPTRS\2\0\0\0" .. whole:sub(13), no_process_line(whole) } do
       local f = assert(io.open(path, "wb"))
       f:write(bad)
       f:close()
@@ -151,6 +158,8 @@ describe("pointer scan", function()
     argerr({ maps = { map }, targets = { value, value } }, "one length")
     argerr({ map = map, target = value, maps = { map }, targets = { value } }, "not both")
     argerr({ map = map, target = value, colour = 1 }, "unknown option 'colour'")
+    argerr({ target = value }, "needs map and target")
+    argerr({ map = map }, "needs map and target")
     -- a map of another pointer size
     local path = tmpname()
     map:save(path)

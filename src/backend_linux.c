@@ -309,7 +309,14 @@ rb_err rb_dup(const rb_proc *p, rb_proc **out) {
     rb_close(d);
     return e;
   }
+  /* the copy pins the same address space, so an exec ends it too */
+  if (p->memfd >= 0 && (d->memfd = fcntl(p->memfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+    e = (rb_err)errno;
+    rb_close(d);
+    return e;
+  }
   d->bits = p->bits;
+  d->tid = p->tid;
   d->start_time = p->start_time;
   *out = d;
   return 0;
@@ -878,6 +885,13 @@ rb_err rb_call(rb_proc *p, uintptr_t fn, uintptr_t arg, unsigned long timeout_ms
     return e;
   e = rb_inject_fn(p->pid, p->memfd, p->bits == 32, fn, arg, timeout_ms, result);
   return e && check_same(p) ? ESRCH : e;
+}
+
+rb_err rb_begin_code(rb_proc *p) {
+  rb_err e;
+  if ((e = need(p, PROCESS_VM_WRITE)) || (e = need(p, PROCESS_VM_OPERATION)))
+    return e;
+  return p->is_self ? EINVAL : begin(p);
 }
 
 /* Runs the batch in the target; the first failing call's errno, or 0. */

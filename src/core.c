@@ -588,6 +588,8 @@ static int h_debug_registers(lua_State *L) {
   rb_err e;
   luaL_argcheck(L, slot >= 0 && slot <= 3, 2, "slot must be 0 to 3");
   luaL_argcheck(L, size == 0 || size == 1 || size == 2 || size == 4 || size == 8, 4, "bad size");
+  /* DR7's R/W field: 0 execute, 1 write, 3 read or write (2, I/O, is not ours) */
+  luaL_argcheck(L, kind == 0 || kind == 1 || kind == 3, 5, "kind must be 0, 1 or 3");
   if (!lua_isnoneornil(L, 6)) {
     luaL_checktype(L, 6, LUA_TTABLE);
     lua_pushnil(L);

@@ -43,4 +43,8 @@ rb_err rb_inject_fn(pid_t pid, int memfd, int is32, uintptr_t fn, uintptr_t arg,
  * back through a pipe. */
 rb_err rb_helper_run(int (*entry)(void *), void *arg);
 
+/* Before code in p is patched (threads_linux.c): the rights it takes
+ * (EACCES) and the identity check (ESRCH after an exit, exec or pid reuse). */
+rb_err rb_begin_code(rb_proc *p);
+
 #endif

@@ -216,13 +216,16 @@ static int sort_by_value(const uint64_t *val, uint32_t *idx, size_t n) {
 }
 
 static int finish(ptrmap *m) {
+  if ((m->byval = (uint32_t *)malloc((m->n ? m->n : 1) * sizeof *m->byval)) == NULL)
+    return 0;
+  if (!sort_by_value(m->val, m->byval, m->n)) {
+    free(m->byval);
+    m->byval = NULL;
+    return 0;
+  }
   free(m->targets);
   m->targets = NULL;
   m->ntargets = m->captargets = 0;
-  if ((m->byval = (uint32_t *)malloc((m->n ? m->n : 1) * sizeof *m->byval)) == NULL)
-    return 0;
-  if (!sort_by_value(m->val, m->byval, m->n))
-    return 0;
   m->finished = 1;
   return 1;
 }
@@ -603,10 +606,11 @@ static int core_ptrscan(lua_State *L) {
   memset(&s, 0, sizeof s);
   s.L = L;
   s.limit = (size_t)limit;
-  s.nmaps = (size_t)luaL_len(L, 1);
-  luaL_argcheck(L, s.nmaps >= 1 && (size_t)luaL_len(L, 2) == s.nmaps &&
-                   (size_t)luaL_len(L, 4) == s.nmaps, 1, "one target and one base list per map");
-  nstatic = (size_t)luaL_len(L, 3) / 2;
+  s.nmaps = (size_t)lua_rawlen(L, 1);
+  luaL_argcheck(L, s.nmaps >= 1 && s.nmaps <= 64 && (size_t)lua_rawlen(L, 2) == s.nmaps &&
+                   (size_t)lua_rawlen(L, 4) == s.nmaps, 1, "1 to 64 maps, one target and one base list each");
+  nstatic = (size_t)lua_rawlen(L, 3) / 2;
+  luaL_argcheck(L, nstatic <= 65536, 3, "at most 65536 modules");
   s.nmod = nstatic;
   s.maps = (ptrmap **)lua_newuserdatauv(L, s.nmaps * sizeof *s.maps, 0);
   s.targets = (uint64_t *)lua_newuserdatauv(L, s.nmaps * sizeof *s.targets, 0);

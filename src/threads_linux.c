@@ -210,6 +210,9 @@ rb_err rb_patch_code(rb_proc *p, const rb_patch *patch, size_t *moved) {
   j.patch = patch;
   if (j.pid == getpid())
     return EINVAL; /* it would stop the thread doing it */
+  if ((e = rb_begin_code(p)))
+    return e;
+  e = EAGAIN;
   /* room for the threads there are and some more; EAGAIN: more came */
   for (tries = 0; tries < 4 && e == EAGAIN; tries++) {
     j.s.cap = (thread_count(j.pid) + 16) << tries;

@@ -402,10 +402,11 @@ local function trampoline_memory(p, a, kind, esize)
   return { base = base, data = base + SLOT - ENTRIES,
     release = function()
       b.free[#b.free + 1] = off
-      -- one empty block stays for the next hook; a second goes
-      if #b.free < BLOCK // SLOT - 1 then return end
+      -- one empty block (every slot free) stays for the next hook; a second goes
+      local empty = BLOCK // SLOT
+      if #b.free < empty then return end
       for k, other in ipairs(p._hook_pool) do
-        if other ~= b and #other.free == BLOCK // SLOT - 1 and not other.region._kept then
+        if other ~= b and #other.free == empty and not other.region._kept then
           table.remove(p._hook_pool, k)
           other.region:free()
           return

@@ -28,6 +28,8 @@ func.install(Process)
 valscan.install(Process)
 disasm.install(Process)
 hook.install(Process)
+many.install(Process)
+watch.install(Process)
 -- (after every install: p.read(...) for p:read(...) says so, and argument
 -- errors name the method the user called)
 local check = require "rmem.check"
@@ -35,8 +37,6 @@ local inline = { read = true, write = true }
 for name in pairs(typed.inline) do inline[name] = true end
 check.methods(Process, "p", { open = true, self = true, processes = true }, inline)
 check.methods(Region, "r", { new = true }, {})
-many.install(Process)
-watch.install(Process)
 
 local flags = {}
 for k, v in pairs(core.flags) do flags[k] = v end

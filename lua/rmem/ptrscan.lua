@@ -152,22 +152,29 @@ function ptrscan.load_pointer_map(path)
   local lines = ud and {}
   if ud then for line in (header .. "\n"):gmatch("(.-)\n") do lines[#lines + 1] = line end end
   if not ud or lines[1] ~= HEADER then
+    if ud then ud:close() end
     error(Error.new { op = "load_pointer_map", name = "BAD_POINTER_MAP",
       message = (ud and path .. ": not an rmem pointer map" or header) .. ".",
       hint = "the file must be one that map:save() wrote, whole" }, 0)
   end
-  local name, pid = lines[2]:match("^process\t(.*)\t(%d+)$")
+  local name, pid = (lines[2] or ""):match("^process\t(.*)\t(%d+)$")
+  if not name then
+    ud:close()
+    error(Error.new { op = "load_pointer_map", name = "BAD_POINTER_MAP",
+      message = ("%s: damaged pointer map header (no process line)."):format(path) }, 0)
+  end
   local modules = {}
   for i = 3, #lines do
     local mname, base, size, stop = lines[i]:match("^module\t(.*)\t(%d+)\t(%d+)\t(%d+)$")
     if not mname then
+      ud:close()
       error(Error.new { op = "load_pointer_map", name = "BAD_POINTER_MAP",
         message = ("%s: damaged module list (line %d)."):format(path, i) }, 0)
     end
     modules[#modules + 1] = { name = mname, base = math.tointeger(base),
       size = math.tointeger(size), static_end = math.tointeger(stop) }
   end
-  return new_map(ud, name or "?", math.tointeger(pid) or 0, modules)
+  return new_map(ud, name, math.tointeger(pid), modules)
 end
 
 local SCAN_OPTS = { map = true, maps = true, target = true, targets = true, depth = true,
@@ -188,6 +195,9 @@ function ptrscan.pointer_scan(opts)
   if opts.map ~= nil or opts.target ~= nil then
     if opts.maps ~= nil or opts.targets ~= nil then
       check.argerror(1, F, "give map and target, or maps and targets, not both")
+    end
+    if opts.map == nil or opts.target == nil then
+      check.argerror(1, F, "needs map and target, or maps and targets: lists of one length")
     end
     maps, targets = { opts.map }, { opts.target }
   else
