@@ -163,11 +163,7 @@ end
 
 --- The core handle of p, or the closed-process error for fname.
 local function handle(p, fname)
-  if p._h == nil then
-    error(Error.new { op = fname, name = "PROCESS_CLOSED", pid = p.pid,
-      message = "the process handle is closed." }, 0)
-  end
-  return p._h
+  return p:_handle(fname)
 end
 
 --- Tells the core the memory a pass may read: for the first one the whole

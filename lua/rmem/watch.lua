@@ -66,8 +66,7 @@ local function os_fail(p, op, msg, code, address)
 end
 
 local function handle_of(p, op)
-  if p._h == nil then fail(op, p.pid, "PROCESS_CLOSED", "the process handle is closed.") end
-  return p._h
+  return p:_handle(op)
 end
 
 --- The handler in the target (installed once, kept for the process's life).
