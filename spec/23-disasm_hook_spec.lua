@@ -55,6 +55,9 @@ describe("rmem.disasm", function()
       { l32[1].text, l32[2].text, l32[3].text })
     assert.is_true(l32[2].absolute)
     assert.equal(0x10, l32[2].data)
+    -- 32-bit addresses above 2 GiB stay unsigned
+    local high = rmem.disasm("\x8B\x05\x34\x12\x00\x80\xE8\x00\x00\x00\x80", 0x1000, 32)
+    assert.same({ 0x80001234, 0x8000100B }, { high[1].data, high[2].target })
     -- a listing prints as a debugger shows code
     assert.matches("^0x1000  48 8B 05 10 00 00 00  mov rax, qword ptr %[rip %+ 0x10%]\n0x1007  74 05 +je 0x100e",
       tostring(l64))

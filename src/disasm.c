@@ -91,7 +91,9 @@ static int disp_size(const cs_x86 *x) {
   return (x->modrm >> 6) == 1 ? 1 : 4;
 }
 
-static void push_insn(lua_State *L, const cs_insn *in) {
+/* wrap: the address space's mask (32-bit code wraps at 4 GiB, and Capstone
+ * gives its displacements and targets sign-extended to 64 bits) */
+static void push_insn(lua_State *L, const cs_insn *in, uint64_t wrap) {
   const cs_x86 *x = &in->detail->x86;
   const char *kind = kind_of(in);
   int i;
@@ -127,15 +129,15 @@ static void push_insn(lua_State *L, const cs_insn *in) {
       if (op->mem.base == X86_REG_RIP || op->mem.base == X86_REG_EIP) {
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "rip_relative");
-        set_int(L, "data", (lua_Integer)(in->address + in->size + (uint64_t)op->mem.disp));
+        set_int(L, "data", (lua_Integer)((in->address + in->size + (uint64_t)op->mem.disp) & wrap));
       } else if (op->mem.base == X86_REG_INVALID && op->mem.index == X86_REG_INVALID &&
                  op->mem.segment == X86_REG_INVALID) {
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "absolute");
-        set_int(L, "data", (lua_Integer)op->mem.disp);
+        set_int(L, "data", (lua_Integer)((uint64_t)op->mem.disp & wrap));
       }
     } else if (op->type == X86_OP_IMM && has_group(in->detail, CS_GRP_BRANCH_RELATIVE)) {
-      set_int(L, "target", (lua_Integer)op->imm);
+      set_int(L, "target", (lua_Integer)((uint64_t)op->imm & wrap));
     }
   }
 }
@@ -168,10 +170,11 @@ static int l_disasm(lua_State *L) {
   int m = engine_mode(L, e);
   lua_Integer count = luaL_optinteger(L, 4, LUA_MAXINTEGER);
   lua_Integer i = 0;
+  uint64_t wrap = luaL_checkinteger(L, 3) == 32 ? 0xFFFFFFFFu : ~(uint64_t)0;
   luaL_argcheck(L, count >= 0, 4, "count must not be negative");
   lua_newtable(L);
   while (i < count && cs_disasm_iter(e->handle[m], &code, &n, &address, e->insn[m])) {
-    push_insn(L, e->insn[m]);
+    push_insn(L, e->insn[m], wrap);
     lua_rawseti(L, -2, ++i);
   }
   return 1;
