@@ -242,7 +242,7 @@ function Watch:close()
   if self._closed then return true end
   local p = self._p
   self._closed = true
-  in_use[p.pid][self._slot] = nil
+  if in_use[p.pid][self._slot] == self then in_use[p.pid][self._slot] = nil end
   if windows then
     local h = p._h
     if h and h:is_alive() then
@@ -290,8 +290,10 @@ local function new_watch(p, address, size, kind)
     fail("watch", p.pid, "NO_DEBUG_REGISTER", ("the %d debug registers of process %d are all "
       .. "watching already."):format(MAX, p.pid), "close a watch first (w:close())")
   end
+  -- closed until armed: a watch whose arming fails must not free, when
+  -- collected, the slot that a later watch holds
   local w = setmetatable({ address = a, size = size, kind = kind, dropped = 0, _p = p, _slot = slot,
-    _groups = {}, _before = {}, _total = 0, _dis = decoder() }, Watch)
+    _groups = {}, _before = {}, _total = 0, _dis = decoder(), _closed = true }, Watch)
   if windows then
     w._veh = handler_of(p)
     w.method = nil
@@ -313,7 +315,8 @@ local function new_watch(p, address, size, kind)
     w._core = c
     w.method = c:method()
   end
-  used[slot] = true
+  used[slot] = w
+  w._closed = nil
   return w
 end
 
