@@ -102,20 +102,8 @@ end
 
 local MAP_OPTS = { progress = true }
 
---- A snapshot of every pointer in the process: each aligned pointer-sized
--- value in writable or image memory that points into a committed region.
--- opts.progress(done, total) is called after each chunk (bytes).
-local function pointer_map(p, opts)
-  opts = check.options(opts, 1, "pointer_map", MAP_OPTS)
-  local progress = opts.progress
-  if progress ~= nil and type(progress) ~= "function" then
-    check.argerror(1, "pointer_map", "progress must be a function, got " .. type(progress))
-  end
-  local h = p._h
-  if not h then p:query(0) end -- raises the closed-process error
-  local regions = {}
-  for info in p:regions { state = "commit" } do regions[#regions + 1] = info end
-  local ud = core.ptrmap(p.bits)
+--- Adds the pointers of the process's memory to ud, then finishes it.
+local function fill(p, h, ud, regions, progress)
   local sources, total = {}, 0
   for _, info in ipairs(regions) do
     ud:target(info.base, info.base + info.size)
@@ -139,7 +127,29 @@ local function pointer_map(p, opts)
     end
   end
   ud:finish()
-  return new_map(ud, p.name, p.pid, statics(p, regions))
+end
+
+--- A snapshot of every pointer in the process: each aligned pointer-sized
+-- value in writable or image memory that points into a committed region.
+-- opts.progress(done, total) is called after each chunk (bytes).
+local function pointer_map(p, opts)
+  opts = check.options(opts, 1, "pointer_map", MAP_OPTS)
+  local progress = opts.progress
+  if progress ~= nil and type(progress) ~= "function" then
+    check.argerror(1, "pointer_map", "progress must be a function, got " .. type(progress))
+  end
+  local h = p:_handle("pointer_map")
+  local regions = {}
+  for info in p:regions { state = "commit" } do regions[#regions + 1] = info end
+  local ud = core.ptrmap(p.bits)
+  -- a walk that fails (the target exited) gives the map's memory back at once
+  local ok, result = pcall(fill, p, h, ud, regions, progress)
+  if ok then ok, result = pcall(statics, p, regions) end -- the modules, or the error
+  if not ok then
+    ud:close()
+    error(result, 0)
+  end
+  return new_map(ud, p.name, p.pid, result)
 end
 
 --- Reads a map that PointerMap:save wrote; a file that is not one, or is
