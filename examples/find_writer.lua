@@ -17,15 +17,9 @@ if not address then
 end
 local ms = tonumber(arg[3] or "") or 1000
 
--- rmem.sleep where this rmem has it; a busy wait otherwise
-local sleep = rmem.sleep or function(n)
-  local stop = os.clock() + n / 1000
-  repeat until os.clock() >= stop
-end
-
 local w <close> = p:watch(address, 4, "w")
 print(("watching %s (4 bytes) for %d ms: %s"):format(rmem.hex(address), ms, tostring(w)))
-sleep(ms)
+rmem.sleep(ms)
 local hits = w:hits()
 if #hits == 0 then print("nothing wrote to it") end
 for _, h in ipairs(hits) do
