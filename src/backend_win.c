@@ -467,41 +467,44 @@ const rb_error_entry rb_error_names[] = {
 
 /* ---- hardware watches (watch.h) -------------------------------------------- */
 
-/* DR7's LEN bits by size: 1 -> 00, 2 -> 01, 8 -> 10, 4 -> 11. */
-static DWORD64 dr7_bits(int slot, int size, int kind) {
-  DWORD64 len = size == 2 ? 1 : size == 8 ? 2 : size == 4 ? 3 : 0;
-  if (kind == RW_EXECUTE)
-    len = 0;
-  return ((DWORD64)1 << (2 * slot)) | ((DWORD64)kind << (16 + 4 * slot)) | (len << (18 + 4 * slot));
-}
-
-/* One thread: slot set (or cleared when size is 0) unless it already is.
- * Suspended while its context is read and changed, as Get/SetThreadContext
- * require of another thread (Wine can hang reading a running one). */
-static rb_err arm_thread(DWORD tid, int slot, uintptr_t addr, int size, int kind) {
-  DWORD64 mask = (DWORD64)3 << (2 * slot) | (DWORD64)0xF << (16 + 4 * slot);
-  DWORD64 want = size ? dr7_bits(slot, size, kind) : 0;
+/* One thread: rmem's debug registers set to the state wanted (the Dr0-3 of
+ * the slots in `slots`, DR7's bits under `mask` from `dr7`) unless they are
+ * already. Suspended while its context is read and changed, as
+ * Get/SetThreadContext require of another thread. Under Wine 8 suspending a
+ * thread that is inside a debug exception deadlocks it (README, "Watches"):
+ * the caller skips those threads. */
+static rb_err arm_thread(DWORD tid, const rb_dr_state *want) {
   DWORD64 *dr;
+  DWORD64 dr7;
   CONTEXT c;
   rb_err err = 0;
+  int s, change;
   HANDLE t = OpenThread(THREAD_GET_CONTEXT | THREAD_SET_CONTEXT | THREAD_SUSPEND_RESUME, FALSE, tid);
   if (t == NULL)
     return GetLastError();
   memset(&c, 0, sizeof c);
   c.ContextFlags = CONTEXT_DEBUG_REGISTERS;
-  dr = &c.Dr0 + slot;
   if (SuspendThread(t) == (DWORD)-1) {
     err = GetLastError();
   } else {
     if (!GetThreadContext(t, &c)) {
       err = GetLastError();
-    } else if ((c.Dr7 & mask) != want || (size && *dr != (DWORD64)addr)) {
-      *dr = size ? (DWORD64)addr : 0;
-      c.Dr7 = (c.Dr7 & ~mask) | want;
-      c.Dr6 = 0;
-      c.ContextFlags = CONTEXT_DEBUG_REGISTERS;
-      if (!SetThreadContext(t, &c))
-        err = GetLastError();
+    } else {
+      dr = &c.Dr0;
+      dr7 = (c.Dr7 & ~(DWORD64)want->mask) | (DWORD64)want->dr7;
+      change = dr7 != c.Dr7;
+      for (s = 0; s < 4; s++)
+        if (want->slots & 1u << s && dr[s] != (DWORD64)want->addr[s]) {
+          dr[s] = (DWORD64)want->addr[s];
+          change = 1;
+        }
+      if (change) {
+        c.Dr7 = dr7;
+        c.Dr6 = 0;
+        c.ContextFlags = CONTEXT_DEBUG_REGISTERS;
+        if (!SetThreadContext(t, &c))
+          err = GetLastError();
+      }
     }
     ResumeThread(t);
   }
@@ -509,9 +512,8 @@ static rb_err arm_thread(DWORD tid, int slot, uintptr_t addr, int size, int kind
   return err;
 }
 
-rb_err rb_debug_registers(rb_proc *p, int slot, uintptr_t addr, int size, int kind,
-                          const unsigned long *skip, size_t nskip, unsigned long *seen,
-                          size_t cap, size_t *threads) {
+rb_err rb_debug_registers(rb_proc *p, const rb_dr_state *want, const unsigned long *skip,
+                          size_t nskip, unsigned long *seen, size_t cap, size_t *threads) {
   HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
   THREADENTRY32 te;
   rb_err err = 0;
@@ -529,8 +531,8 @@ rb_err rb_debug_registers(rb_proc *p, int slot, uintptr_t addr, int size, int ki
         continue;
       for (k = 0; k < nskip && !known; k++)
         known = skip[k] == te.th32ThreadID;
-      if (!known)
-        e = arm_thread(te.th32ThreadID, slot, addr, size, kind);
+      if (!known && want != NULL)
+        e = arm_thread(te.th32ThreadID, want);
       if (*threads < cap)
         seen[*threads] = te.th32ThreadID;
       /* a thread that ended meanwhile is no failure */

@@ -575,21 +575,33 @@ static int w_gc(lua_State *L) {
   return 0;
 }
 
-/* h:debug_registers(slot, address, size, kind [, skip]) -> { tid, ... }
- * (Windows): every thread of the process, armed but those whose ids are
- * keys of the table skip; size 0 clears the slot on every thread */
+/* h:debug_registers({a0, a1, a2, a3}, slots, mask, dr7 [, skip]) -> { tid, ... }
+ * (Windows): every thread of the process set to that state of rmem's debug
+ * registers (watch.h) but those whose ids are keys of the table skip;
+ * h:debug_registers() only lists them */
 static int h_debug_registers(lua_State *L) {
   rb_proc *p = check_proc(L);
-  lua_Integer slot = luaL_checkinteger(L, 2), size = luaL_checkinteger(L, 4);
-  lua_Integer kind = luaL_checkinteger(L, 5);
-  uintptr_t addr = check_address(L, 3);
+  rb_dr_state want;
+  lua_Integer slots = luaL_optinteger(L, 3, 0);
   size_t nskip = 0, cap = 4096, threads, i;
   unsigned long *skip, *seen;
+  int list_only = lua_isnoneornil(L, 2);
   rb_err e;
-  luaL_argcheck(L, slot >= 0 && slot <= 3, 2, "slot must be 0 to 3");
-  luaL_argcheck(L, size == 0 || size == 1 || size == 2 || size == 4 || size == 8, 4, "bad size");
-  /* DR7's R/W field: 0 execute, 1 write, 3 read or write (2, I/O, is not ours) */
-  luaL_argcheck(L, kind == 0 || kind == 1 || kind == 3, 5, "kind must be 0, 1 or 3");
+  if (!list_only)
+    luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_argcheck(L, slots >= 0 && slots <= 15, 3, "slots must be a mask of 4 bits");
+  want.slots = (unsigned)slots;
+  want.mask = (unsigned long long)luaL_optinteger(L, 4, 0);
+  want.dr7 = (unsigned long long)luaL_optinteger(L, 5, 0);
+  luaL_argcheck(L, (want.dr7 & ~want.mask) == 0, 5, "dr7 has bits outside the mask");
+  for (i = 0; i < 4; i++) {
+    want.addr[i] = 0;
+    if (!list_only) {
+      lua_geti(L, 2, (lua_Integer)i + 1);
+      want.addr[i] = (uintptr_t)luaL_optinteger(L, -1, 0);
+      lua_pop(L, 1);
+    }
+  }
   if (!lua_isnoneornil(L, 6)) {
     luaL_checktype(L, 6, LUA_TTABLE);
     lua_pushnil(L);
@@ -610,8 +622,7 @@ static int h_debug_registers(lua_State *L) {
         skip[i++] = (unsigned long)luaL_checkinteger(L, -1);
     }
   }
-  if ((e = rb_debug_registers(p, (int)slot, addr, (int)size, (int)kind, skip, nskip, seen, cap,
-                              &threads)))
+  if ((e = rb_debug_registers(p, list_only ? NULL : &want, skip, nskip, seen, cap, &threads)))
     return os_fail(L, "watch", e);
   if (threads > cap)
     threads = cap;

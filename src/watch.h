@@ -36,12 +36,21 @@ void rw_close(rw_watch *w);
 /* "perf" (how the watch is armed; tostring shows it). */
 const char *rw_method(const rw_watch *w);
 
-/* Windows: slot 0-3 armed with (addr, size, kind) on every thread but the
- * nskip in skip (those armed already: Wine can hang suspending a thread
- * busy with debug exceptions), or cleared on every thread when size is 0.
- * The process's thread ids go to seen (up to cap), their number to *threads. */
-rb_err rb_debug_registers(rb_proc *p, int slot, uintptr_t addr, int size, int kind,
-                          const unsigned long *skip, size_t nskip, unsigned long *seen,
-                          size_t cap, size_t *threads);
+/* Windows: the state of rmem's debug registers on a thread: Dr0-3 of the
+ * slots in `slots` (bits 0-3) hold addr[], DR7's bits under `mask` are dr7
+ * (the others stay as they are). */
+typedef struct rb_dr_state {
+  uintptr_t addr[4];
+  unsigned slots;
+  unsigned long long mask, dr7;
+} rb_dr_state;
+
+/* Windows: every thread of the process but the nskip in skip set to that
+ * state (skipped: those the in-target handler updates itself, since Wine
+ * can deadlock a thread suspended inside a debug exception); want NULL only
+ * lists them. The process's thread ids go to seen (up to cap), their number
+ * to *threads. */
+rb_err rb_debug_registers(rb_proc *p, const rb_dr_state *want, const unsigned long *skip,
+                          size_t nskip, unsigned long *seen, size_t cap, size_t *threads);
 
 #endif

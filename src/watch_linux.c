@@ -310,11 +310,9 @@ const char *rw_method(const rw_watch *w) {
   return "perf";
 }
 
-rb_err rb_debug_registers(rb_proc *p, int slot, uintptr_t addr, int size, int kind,
-                          const unsigned long *skip, size_t nskip, unsigned long *seen,
-                          size_t cap, size_t *threads) {
-  (void)p, (void)slot, (void)addr, (void)size, (void)kind, (void)skip, (void)nskip, (void)seen,
-      (void)cap;
+rb_err rb_debug_registers(rb_proc *p, const rb_dr_state *want, const unsigned long *skip,
+                          size_t nskip, unsigned long *seen, size_t cap, size_t *threads) {
+  (void)p, (void)want, (void)skip, (void)nskip, (void)seen, (void)cap;
   *threads = 0;
   return ENOSYS;
 }

@@ -15,45 +15,69 @@ local check = require "rmem.check"
 local Error = require "rmem.error"
 
 local windows = core.platform == "windows"
+-- Under Wine 8 a thread that SuspendThread (or Get/SetThreadContext from
+-- another thread) stops while it is inside a debug exception deadlocks:
+-- Wine's SIGTRAP handler asks the server for the thread's own debug
+-- registers, the server answers "pending" (the suspension's context, which
+-- only the thread's blocked SIGUSR1 handler can deliver), and the thread
+-- waits for itself forever (dlls/ntdll/unix/signal_x86_64.c,
+-- setup_raise_exception; server/thread.c, get_thread_context). There the
+-- host touches only threads that cannot be in one: never armed, updated by
+-- the handler, or quiet for QUIET seconds.
+local wine = windows and core.wine_version() ~= nil
 local watch = {}
 
 local KINDS = { w = 1, rw = 3, x = 0 } -- DR7's RW bits
 local MAX = 4
 
--- Debug register slots in use in each process, by pid: slot -> Watch.
+-- Linux: the debug register slots in use in each process instance
+-- ("pid:start time"): slot -> Watch. Windows keeps them in the handler's record.
 local in_use = {}
 
--- Windows: the handler installed in each process, by pid.
+-- Windows: the handler's record in each process, by pid; checked against the
+-- nonce in the target's memory before each use (a pid may be reused).
 local installed = {}
 
-local RING = 32768 -- entries of 16 bytes: { u64 ip, u32 tid, u16 sequence, u16 slots }
-local DATA = 256   -- where the handler's data starts, after its code
+local RING = 32768 -- entries of 32 bytes: { u64 ip, u32 tid, u32 gen, u16 slots, u16 sequence }
+local DATA = 512   -- where the handler's data starts, after its code
+-- the data: u32 active slots, u32 rmem's slots (ever used), u64 head, u64 tail
+-- (the host's), u64 dropped[4] (by slot), u64 DR7 wanted, u64 DR7 mask of
+-- rmem's slots, u64 Dr0-3 wanted, u32 generation, u32 -, u64 nonce, the
+-- signature, then the ring at +256
+local D_ACTIVE, D_HEAD, D_WANT, D_GEN, D_NONCE, D_SIG, D_RING = 0, 8, 56, 104, 112, 128, 256
+local SIGNATURE = "rmem-watch-veh-2"
+local SIZE = DATA + D_RING + RING * 32
+-- a thread with rmem's registers that made no hit for this long is taken to
+-- be away from the watched memory (Wine: see above)
+local QUIET = 0.25
+local SETTLE_MAX = 30 -- seconds a change may wait for busy threads
 
--- The handler, x86-64 (LONG handler(EXCEPTION_POINTERS *ep)), and the data
--- at rip-relative DATA: u32 active slots, u32 slots ever used, u64 head,
--- u64 tail (the host's), u64 dropped[4] (by slot), then at +64 the ring.
---   mov rax,[rcx]; cmp dword [rax],0x80000004; jne pass   ; single-steps only
---   mov rdx,[rcx+8]; mov r8,[rdx+0x68]                     ; Dr6
---   test r8d,0x4000; jnz pass                              ; a TF step: not ours
---   lea r9,[rip+data]; mov eax,r8d; and eax,[r9+4]; jz pass ; none of our slots
---   and r8d,[r9]; jz done                                  ; closed: swallow only
---   mov rax,[r9+8]
---   retry: mov r10,rax; sub r10,[r9+16]; cmp r10,RING; jae full
---   lea r10,[rax+1]; lock cmpxchg [r9+8],r10; jne retry    ; reserve entry rax
---   entry = data+64+16*(rax%RING): ip = ctx.Rip, tid = gs:[0x48], slots = r8w,
---     then (last) seq = ax+1
---   jmp done; full: bsf r8d,r8d; lock inc qword [r9+24+8*r8] ; dropped[slot]
---   done: and dword [rdx+0x30],~0x10   ; resume without CONTEXT_DEBUG_REGISTERS:
---     the registers stay as the host set them (a close meanwhile is not undone),
---     and Wine makes no server call per hit
---   or dword [rdx+0x44],0x10000                            ; RF, for "x"
---   mov eax,-1; ret                                        ; CONTINUE_EXECUTION
---   pass: xor eax,eax; ret                                 ; CONTINUE_SEARCH
-local HANDLER = ("488b018138040000800f859d000000488b51084c8b426841f7c0004000000f85880000004c8d0dd5"
-  .. "0000004489c04123410474784523017462498b41084989c24d2b51104981fa0080000073444c8d50"
-  .. "01f04d0fb1510875e44989c24981e2ff7f000049c1e2044f8d5411404c8b9af80000004d891a654c"
-  .. "8b1c254800000045895a08664589420effc0664189420ceb0a450fbcc0f04bff44c118836230ef81"
-  .. "4a4400000100b8ffffffffc331c0c3"):gsub("..", function(h)
+-- The handler, x86-64 (LONG handler(EXCEPTION_POINTERS *ep)), with its data
+-- at rip-relative DATA (assembled from this; the bytes follow):
+--   single-steps only (ExceptionCode 0x80000004), not a TF step (Dr6.BS),
+--   and only those whose Dr6 names one of rmem's slots, else CONTINUE_SEARCH;
+--   gen = data.generation (read first)
+--   the thread's registers made what the host wants: Dr7 = (Dr7 & ~mask) |
+--     wanted, Dr0-3 of rmem's slots = wanted; when that changed anything,
+--     Dr6 = 0 and CONTEXT_DEBUG_REGISTERS stays in ContextFlags (applied on
+--     continue: a closed watch ends on each thread's next hit, a new one is
+--     added), else it is taken out (the registers stay, and Wine makes no
+--     server call per hit)
+--   a hit of an active slot, or a change: an entry reserved with lock
+--     cmpxchg on head (tail + RING = full), { Rip, tid = gs:[0x48], gen,
+--     slots hit (0: a change only) }, its sequence (index + 1) written last;
+--     a hit that finds the ring full counts in dropped[its slot]
+--   EFlags.RF (for "x"); CONTINUE_EXECUTION
+local HANDLER = ("488b018138040000800f855a010000488b51084c8b426841f7c0004000000f85450100004c8d0dd5"
+  .. "0100004489c0412341040f8431010000458b5968498b494048f7d148234a70490b49384531d2483b"
+  .. "4a70410f95c248894a7041f74104010000007411498b4948483b4a48740748894a4841b20141f741"
+  .. "04020000007411498b4950483b4a50740748894a5041b20141f74104040000007411498b4958483b"
+  .. "4a58740748894a5841b20141f74104080000007411498b4960483b4a60740748894a6041b2014585"
+  .. "d2741148c7426800000000814a3010001000eb04836230ef4523014183e00f4489c04409d0746d49"
+  .. "8b41084889c1492b49104881f900800000734a488d4801f0490fb1490875e44889c14881e1ff7f00"
+  .. "0048c1e105498d8c09000100004c8b92f80000004c8911654c8b142548000000448951084489590c"
+  .. "6644894110ffc066894112eb0f4585c0740a450fbcc0f04bff44c118814a4400000100b8ffffffff"
+  .. "c331c0c3"):gsub("..", function(h)
     return string.char(tonumber(h, 16))
   end)
 
@@ -69,18 +93,181 @@ local function handle_of(p, op)
   return p:_handle(op)
 end
 
+-- Wall-clock seconds: the C runtime's clock() is elapsed time on Windows.
+local clock = os.clock
+
+--- DR7's bits of a slot: enable, RW, LEN (1 -> 00, 2 -> 01, 8 -> 10, 4 -> 11).
+local function dr7_bits(slot, size, kind)
+  local len = ({ [1] = 0, [2] = 1, [8] = 2, [4] = 3 })[size]
+  if kind == 0 then len = 0 end
+  return 1 << 2 * slot | kind << 16 + 4 * slot | len << 18 + 4 * slot
+end
+
+local function dr7_mask(slot) return 3 << 2 * slot | 0xF << 16 + 4 * slot end
+
+--- Windows: the handler's record { base, data, tail, gen, queues, used,
+-- want, ours, threads }: threads[tid] = { gen = the last generation it is
+-- known to hold, seen = when it last hit (or was first armed) }.
+local function record_of(base, nonce)
+  return { base = base, data = base + DATA, nonce = nonce, tail = 0, gen = 0, queues = {},
+    used = {}, want = {}, ours = 0, threads = {}, dropped = 0 }
+end
+
+--- Writes what the host wants into the handler's data, then a new generation.
+local function publish(p, veh)
+  local addrs, active, want, mask = {}, 0, 0, 0
+  for s = 0, MAX - 1 do
+    local w = veh.want[s]
+    addrs[s + 1] = w and w.address or 0
+    if w then
+      active = active | 1 << s
+      want = want | dr7_bits(s, w.size, KINDS[w.kind])
+    end
+    if veh.ours & 1 << s ~= 0 then mask = mask | dr7_mask(s) end
+  end
+  p:write(veh.data + D_WANT, string.pack("<I8I8I8I8I8I8", want, mask, table.unpack(addrs)))
+  p:write(veh.data + D_ACTIVE, string.pack("<I4I4", active, veh.ours))
+  veh.gen = veh.gen + 1
+  p:write_u32(veh.data + D_GEN, veh.gen)
+  veh.state = { addrs = addrs, mask = mask, dr7 = want }
+end
+
+--- Windows: moves the ring's new entries into each slot's queue
+-- ({ ip, tid, 1, ... }), notes which threads hit with which generation, and
+-- keeps the dropped counts of the same moment (veh.dropped_by[slot]).
+local function read_ring(p, veh)
+  local head, _, d0, d1, d2, d3 = string.unpack("<I8I8I8I8I8I8", p:read(veh.data + D_HEAD, 48))
+  local now, threads = clock(), veh.threads
+  veh.dropped_by = { [0] = d0, d1, d2, d3 }
+  if d0 + d1 + d2 + d3 ~= veh.dropped then
+    -- hits that left no entry: any thread may have made them
+    veh.dropped = d0 + d1 + d2 + d3
+    for _, t in pairs(threads) do t.seen = now end
+  end
+  local t = veh.tail
+  while t < head do
+    -- what is left of the ring from t's entry on, in one read
+    local first = t % RING
+    local n = math.min(head - t, RING - first)
+    local bytes = p:read(veh.data + D_RING + 32 * first, 32 * n)
+    local done = 0
+    for i = 0, n - 1 do
+      local ip, tid, gen, slots, seq = string.unpack("<I8I4I4I2I2", bytes, 32 * i + 1)
+      if seq ~= (t + i + 1) & 0xFFFF then break end -- reserved, not written yet
+      local th = threads[tid]
+      if not th then
+        th = { gen = gen, seen = now }
+        threads[tid] = th
+      end
+      th.seen = now
+      if gen > th.gen then th.gen = gen end
+      for s = 0, MAX - 1 do
+        local q = veh.queues[s]
+        if slots & 1 << s ~= 0 and q then q[#q + 1], q[#q + 2], q[#q + 3] = ip, tid, 1 end
+      end
+      done = i + 1
+    end
+    t = t + done
+    if done < n then break end
+  end
+  veh.tail = t
+  p:write_u64(veh.data + D_HEAD + 8, t)
+end
+
+--- Windows: brings every thread to the state last published. Threads the
+-- handler updated (an entry of this generation) are left alone; under Wine
+-- so are those that hit within QUIET seconds (they update themselves on
+-- their next hit): with `wait`, until none is left, else once.
+local function settle(p, veh, op, wait)
+  local h = handle_of(p, op)
+  local g, st = veh.gen, veh.state
+  local give_up = clock() + SETTLE_MAX
+  while true do
+    read_ring(p, veh)
+    local now, skip, busy = clock(), {}, false
+    for tid, t in pairs(veh.threads) do
+      if t.gen >= g then
+        skip[tid] = true
+      elseif wine and now - t.seen < QUIET then
+        skip[tid], busy = true, true
+      end
+    end
+    local tids, msg, code = h:debug_registers(st.addrs, veh.ours, st.mask, st.dr7, skip)
+    if not tids then os_fail(p, op, msg, code) end
+    local present = {}
+    for _, tid in ipairs(tids) do
+      present[tid] = true
+      local t = veh.threads[tid]
+      if not t then
+        veh.threads[tid] = { gen = g, seen = now } -- new: watched from now on
+      elseif not skip[tid] then
+        t.gen = g
+      end
+    end
+    for tid in pairs(veh.threads) do
+      if not present[tid] then veh.threads[tid] = nil end -- ended
+    end
+    if not (wait and busy) then return end
+    if clock() > give_up then
+      fail(op, p.pid, "WATCH_BUSY", ("a thread of process %d kept its debug registers busy for %d s.")
+        :format(p.pid, SETTLE_MAX))
+    end
+    core.sleep(1)
+  end
+end
+
+--- An earlier host's handler in the process (found by its signature at the
+-- start of an RWX allocation), or nil.
+local function find_handler(p)
+  for r in p:regions { protect = "rwx" } do
+    if r.base == r.allocation_base and r.size >= DATA + D_RING then
+      local ok, bytes = pcall(p.read, p, r.base, DATA + D_SIG + #SIGNATURE)
+      if ok and bytes:sub(1, #HANDLER) == HANDLER and bytes:sub(-#SIGNATURE) == SIGNATURE then
+        return r.base
+      end
+    end
+  end
+end
+
 --- The handler in the target (installed once, kept for the process's life).
 local function handler_of(p)
   local h = installed[p.pid]
-  if h then return h end
+  if h then
+    local ok, nonce = pcall(p.read_u64, p, h.data + D_NONCE)
+    if ok and nonce == h.nonce then return h end
+    installed[p.pid] = nil -- another process with that pid
+  end
   if p.bits ~= 64 then
     fail("watch", p.pid, "NOT_SUPPORTED", "watches on 32-bit Windows processes are not supported.")
   end
+  local nonce = math.random(1, math.maxinteger)
+  local base = find_handler(p)
+  if base then
+    -- an earlier host's: its watches are over (their slots closed, their
+    -- hits dropped); threads may still hold its registers
+    h = record_of(base, nonce)
+    h.ours = p:read_u32(h.data + D_ACTIVE + 4)
+    h.gen = p:read_u32(h.data + D_GEN)
+    h.tail = p:read_u64(h.data + D_HEAD)
+    p:write_u64(h.data + D_HEAD + 8, h.tail)
+    p:write_u64(h.data + D_NONCE, nonce)
+    local now = clock()
+    local tids, msg, code = handle_of(p, "watch"):debug_registers()
+    if not tids then os_fail(p, "watch", msg, code) end
+    for _, tid in ipairs(tids) do
+      h.threads[tid] = { gen = -1, seen = now }
+    end
+    publish(p, h)
+    settle(p, h, "watch", true)
+    installed[p.pid] = h
+    return h
+  end
   local add = p:proc_address("kernel32.dll", "AddVectoredExceptionHandler")
   if not add then fail("watch", p.pid, "NO_VEH", "the process has no AddVectoredExceptionHandler.") end
-  local r = p:alloc(DATA + 64 + RING * 16, { protect = "rwx" })
+  local r = p:alloc(SIZE, { protect = "rwx" })
   local ok, err = pcall(function()
     r:write(0, HANDLER)
+    r:write(DATA + D_NONCE, string.pack("<I8", nonce) .. ("\0"):rep(8) .. SIGNATURE)
     if p:call_with(add, { 1, r.address }) == 0 then
       fail("watch", p.pid, "NO_VEH", "AddVectoredExceptionHandler failed in the process.")
     end
@@ -90,35 +277,9 @@ local function handler_of(p)
     error(err, 0)
   end
   r:keep() -- a handler that may still run must never be freed
-  h = { base = r.address, data = r.address + DATA, tail = 0, queues = {} }
+  h = record_of(r.address, nonce)
   installed[p.pid] = h
   return h
-end
-
---- Windows: the slot bits the handler sees (active, ever used).
-local function set_masks(p, veh, slot, active)
-  local m = p:read_u32(veh.data)
-  p:write_u32(veh.data, active and m | 1 << slot or m & ~(1 << slot))
-  p:write_u32(veh.data + 4, p:read_u32(veh.data + 4) | 1 << slot)
-end
-
---- Windows: moves the ring's new entries into each slot's queue
--- ({ ip, tid, 1, ... }); the ring is the process's, shared by its watches.
-local function read_ring(p, veh)
-  local head = p:read_u64(veh.data + 8)
-  local t = veh.tail
-  while t < head do
-    local at = veh.data + 64 + 16 * (t % RING)
-    local ip, tid, seq, slots = string.unpack("<I8I4I2I2", p:read(at, 16))
-    if seq ~= (t + 1) & 0xFFFF then break end -- reserved, not written yet
-    for s = 0, MAX - 1 do
-      local q = veh.queues[s]
-      if slots & 1 << s ~= 0 and q then q[#q + 1], q[#q + 2], q[#q + 3] = ip, tid, 1 end
-    end
-    t = t + 1
-  end
-  veh.tail = t
-  p:write_u64(veh.data + 16, t)
 end
 
 -- The instruction before each reported address ------------------------------
@@ -159,6 +320,17 @@ local function disasm_one(p, dis, address)
   return list[1] and list[1].text
 end
 
+--- Linux: the process instance ("pid:start time"): a pid may be reused.
+local function instance_of(p)
+  local f = io.open(("/proc/%d/stat"):format(p.pid))
+  local stat = f and f:read("a")
+  if f then f:close() end
+  -- the fields after the command's closing parenthesis; the 22nd is the start time
+  local rest = stat and stat:match("%) (.*)")
+  local start = rest and select(20, rest:match(("(%S+) "):rep(20)))
+  return ("%d:%s"):format(p.pid, start or "?")
+end
+
 -- The Watch object -------------------------------------------------------------
 
 local Watch = { __name = "rmem.Watch" }
@@ -170,16 +342,10 @@ local function collect(w)
   local raw, dropped
   if windows then
     local veh = w._veh
-    read_ring(w._p, veh)
+    settle(w._p, veh, "hits", false) -- reads the ring; arms new threads
     raw = veh.queues[w._slot]
     veh.queues[w._slot] = {}
-    dropped = w._p:read_u64(veh.data + 24 + 8 * w._slot) - w._dropped_before
-    -- new threads: those armed already are not suspended again
-    local tids, msg, code = handle_of(w._p, "hits"):debug_registers(w._slot, w.address, w.size,
-      KINDS[w.kind], w._armed)
-    if not tids then os_fail(w._p, "hits", msg, code, w.address) end
-    w._armed = {}
-    for _, tid in ipairs(tids) do w._armed[tid] = true end
+    dropped = veh.dropped_by[w._slot] - w._dropped_before
   else
     local msg, code
     raw, dropped = w._core:poll()
@@ -242,16 +408,21 @@ function Watch:close()
   if self._closed then return true end
   local p = self._p
   self._closed = true
-  if in_use[p.pid][self._slot] == self then in_use[p.pid][self._slot] = nil end
   if windows then
-    local h = p._h
-    if h and h:is_alive() then
-      -- registers first, then the active bit: a hit in flight is still swallowed
-      h:debug_registers(self._slot, 0, 0, 0)
-      pcall(set_masks, p, self._veh, self._slot, false)
-      self._veh.queues[self._slot] = nil
+    local veh, h = self._veh, p._h
+    if veh.used[self._slot] == self then
+      veh.used[self._slot] = nil
+      veh.want[self._slot] = nil
+      veh.queues[self._slot] = nil
+      -- the handler keeps swallowing the slot's hits in flight (it stays
+      -- one of rmem's) and clears it on each thread that hits it again
+      if h and h:is_alive() then
+        publish(p, veh)
+        settle(p, veh, "close", true)
+      end
     end
   else
+    if self._used[self._slot] == self then self._used[self._slot] = nil end
     self._core:close()
   end
   return true
@@ -280,8 +451,15 @@ local function new_watch(p, address, size, kind)
     check.argerror(3, "watch", ("kind must be \"w\", \"rw\" or \"x\", got %s"):format(tostring(kind)))
   end
   local h = handle_of(p, "watch")
-  local used = in_use[p.pid] or {}
-  in_use[p.pid] = used
+  local used, veh
+  if windows then
+    veh = handler_of(p)
+    used = veh.used
+  else
+    local key = instance_of(p)
+    used = in_use[key] or {}
+    in_use[key] = used
+  end
   local slot
   for s = 0, MAX - 1 do
     if used[s] == nil then slot = s break end
@@ -293,22 +471,26 @@ local function new_watch(p, address, size, kind)
   -- closed until armed: a watch whose arming fails must not free, when
   -- collected, the slot that a later watch holds
   local w = setmetatable({ address = a, size = size, kind = kind, dropped = 0, _p = p, _slot = slot,
-    _groups = {}, _before = {}, _total = 0, _dis = decoder(), _closed = true }, Watch)
+    _groups = {}, _before = {}, _total = 0, _dis = decoder(), _closed = true, _used = used }, Watch)
   if windows then
-    w._veh = handler_of(p)
-    w.method = nil
-    read_ring(p, w._veh) -- what an earlier watch of this slot left is not this one's
-    w._veh.queues[slot] = {}
-    w._dropped_before = p:read_u64(w._veh.data + 24 + 8 * slot)
-    set_masks(p, w._veh, slot, true)
-    local tids, msg, code = h:debug_registers(slot, a, size, KINDS[kind])
-    if not tids then
-      h:debug_registers(slot, 0, 0, 0)
-      pcall(set_masks, p, w._veh, slot, false)
-      os_fail(p, "watch", msg, code, a)
+    w._veh = veh
+    read_ring(p, veh) -- what an earlier watch of this slot left is not this one's
+    veh.queues[slot] = {}
+    w._dropped_before = veh.dropped_by[slot]
+    veh.want[slot] = w
+    veh.ours = veh.ours | 1 << slot
+    local ok, err = pcall(function()
+      publish(p, veh)
+      settle(p, veh, "watch", true)
+    end)
+    if not ok then -- undone: the slot closed again on every thread that took it
+      veh.want[slot], veh.queues[slot] = nil, nil
+      pcall(function()
+        publish(p, veh)
+        settle(p, veh, "watch", true)
+      end)
+      error(err, 0)
     end
-    w._armed = {}
-    for _, tid in ipairs(tids) do w._armed[tid] = true end
   else
     local c, msg, code = h:watch(a, size, KINDS[kind])
     if not c then os_fail(p, "watch", msg, code, a) end
