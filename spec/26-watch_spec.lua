@@ -158,7 +158,7 @@ describe("p:watch()", function()
     t:stop()
   end)
 
-  -- Windows: not run yet (a child lua.exe under Wine through io.popen hung here)
+  -- Windows: the case after this one
   helpers.linux_it("leaves the target running when the host dies mid-watch", function()
     local p, t, v = writer_target { "--writer", "1" }
     local script = ([[
@@ -182,6 +182,82 @@ describe("p:watch()", function()
     assert.is_true(p:is_alive())
     assert.is_true(p:read_u64(v.writes) > w0)
     p:close()
+    t:stop()
+  end)
+
+  --- The handlers rmem wrote into the process (their signature).
+  local function handlers(p)
+    return #p:scan_all { bytes = "rmem-watch-veh-2", mask = ("x"):rep(16) }
+  end
+
+  -- The child host starts through testproc.spawn: a child lua.exe through
+  -- io.popen hangs under Wine 8 (its pipe and console handling).
+  helpers.win_it("leaves the target running when the host dies mid-watch; a new host takes over",
+    function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local dir = (os.getenv("TEMP") or "."):gsub("\\$", "")
+    local ready = ("%s\\rmem-watch-host-%d.txt"):format(dir, t.pid)
+    local script = ("%s\\rmem-watch-host-%d.lua"):format(dir, t.pid)
+    os.remove(ready)
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      package.path, package.cpath = %q, %q
+      local rmem = require "rmem"
+      local testproc = require "testproc"
+      local p = rmem.open(%d, { access = "all" })
+      W = p:watch(%d, 4, "w")
+      repeat testproc.sleep(10) until #W:hits() > 0
+      local f = io.open(%q, "w") f:write("ready") f:close()
+      testproc.sleep(60000)
+    ]]):format(package.path, package.cpath, t.pid, v.value, ready))
+    f:close()
+    local child = testproc.spawn(('"%s" "%s"'):format(helpers.native_path(arg[-1]), script))
+    local up
+    for _ = 1, 300 do
+      up = io.open(ready)
+      if up then break end
+      testproc.sleep(50)
+    end
+    assert.is_truthy(up, "the child host never watched")
+    up:close()
+    child:stop() -- killed as a crash would: no close, no collector
+    os.remove(ready)
+    os.remove(script)
+    local w0 = p:read_u64(v.writes)
+    testproc.sleep(500 * SLOW)
+    assert.is_true(p:is_alive())
+    assert.is_true(p:read_u64(v.writes) > w0)
+    -- this host finds the dead host's handler: no second one, its registers
+    -- taken over, hits of its own, and clear after close
+    local w = p:watch(v.value, 4, "w")
+    testproc.sleep(300 * SLOW)
+    assert.is_true(total(w:hits()) > 10)
+    w:close()
+    assert.are.equal(1, handlers(p))
+    assert_clear(t.pid)
+    p:close()
+    t:stop()
+  end)
+
+  -- The handler's record is checked against the process's memory: a process
+  -- that holds an earlier one's pid (here: one whose handler memory no
+  -- longer says so) gets a handler of its own, not the earlier addresses.
+  helpers.win_it("does not take a stale handler record for the process's", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local w = p:watch(v.value, 4, "w")
+    w:close()
+    local at = p:scan_all { bytes = "rmem-watch-veh-2", mask = ("x"):rep(16) }
+    assert.are.equal(1, #at)
+    p:write(at[1] - 16, ("\0"):rep(32)) -- nonce and signature gone
+    local p2 = rmem.open(t.pid, ACCESS)
+    w = p2:watch(v.value, 4, "w")
+    testproc.sleep(300 * SLOW)
+    assert.is_true(total(w:hits()) > 10)
+    w:close()
+    assert.are.equal(1, handlers(p2)) -- a new one
+    assert_clear(t.pid)
+    p:close()
+    p2:close()
     t:stop()
   end)
 

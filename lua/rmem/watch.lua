@@ -3,8 +3,9 @@
 -- Linux: perf_event_open breakpoints on every thread (src/watch_linux.c).
 -- Windows: a debug register on every thread (rb_debug_registers), and a
 -- vectored exception handler written into the target that records each
--- hit into a ring in target memory and resumes: the target never stops,
--- and a host that dies leaves a handler that keeps swallowing the hits.
+-- hit into a ring in target memory, brings the thread's debug registers to
+-- what the host asked for, and resumes: the target never stops, and a host
+-- that dies leaves a handler that keeps swallowing the hits.
 --
 -- The CPU reports a data access after the instruction that made it: the
 -- instruction before is found by decoding forward from 64 starting points
@@ -53,7 +54,7 @@ local QUIET = 0.25
 local SETTLE_MAX = 30 -- seconds a change may wait for busy threads
 
 -- The handler, x86-64 (LONG handler(EXCEPTION_POINTERS *ep)), with its data
--- at rip-relative DATA (assembled from this; the bytes follow):
+-- at rip-relative DATA (src/watch_handler_x64.s; its bytes follow):
 --   single-steps only (ExceptionCode 0x80000004), not a TF step (Dr6.BS),
 --   and only those whose Dr6 names one of rmem's slots, else CONTINUE_SEARCH;
 --   gen = data.generation (read first)
@@ -65,19 +66,20 @@ local SETTLE_MAX = 30 -- seconds a change may wait for busy threads
 --     server call per hit)
 --   a hit of an active slot, or a change: an entry reserved with lock
 --     cmpxchg on head (tail + RING = full), { Rip, tid = gs:[0x48], gen,
---     slots hit (0: a change only) }, its sequence (index + 1) written last;
+--     slots hit (none: a change only) | 0x8000 when the thread is left with
+--     none of rmem's registers enabled }, its sequence (index + 1) written last;
 --     a hit that finds the ring full counts in dropped[its slot]
 --   EFlags.RF (for "x"); CONTINUE_EXECUTION
-local HANDLER = ("488b018138040000800f855a010000488b51084c8b426841f7c0004000000f85450100004c8d0dd5"
-  .. "0100004489c0412341040f8431010000458b5968498b494048f7d148234a70490b49384531d2483b"
-  .. "4a70410f95c248894a7041f74104010000007411498b4948483b4a48740748894a4841b20141f741"
-  .. "04020000007411498b4950483b4a50740748894a5041b20141f74104040000007411498b4958483b"
-  .. "4a58740748894a5841b20141f74104080000007411498b4960483b4a60740748894a6041b2014585"
-  .. "d2741148c7426800000000814a3010001000eb04836230ef4523014183e00f4489c04409d0746d49"
-  .. "8b41084889c1492b49104881f900800000734a488d4801f0490fb1490875e44889c14881e1ff7f00"
-  .. "0048c1e105498d8c09000100004c8b92f80000004c8911654c8b142548000000448951084489590c"
-  .. "6644894110ffc066894112eb0f4585c0740a450fbcc0f04bff44c118814a4400000100b8ffffffff"
-  .. "c331c0c3"):gsub("..", function(h)
+local HANDLER = ("488b018138040000800f8575010000488b51084c8b426841f7c0004000000f85600100004c8d0dd5"
+  .. "0100004489c0412341040f844c010000458b5968498b494048f7d148234a70490b49384531d2483b"
+  .. "4a70410f95c24985494075074181ca0080000048894a7041f74104010000007411498b4948483b4a"
+  .. "48740748894a4841b20141f74104020000007411498b4950483b4a50740748894a5041b20141f741"
+  .. "04040000007411498b4958483b4a58740748894a5841b20141f74104080000007411498b4960483b"
+  .. "4a60740748894a6041b2014584d2741148c7426800000000814a3010001000eb04836230ef452301"
+  .. "4183e00f4489d083e0014409c074784181e2008000004509d0498b41084889c1492b49104881f900"
+  .. "800000734a488d4801f0490fb1490875e44889c14881e1ff7f000048c1e105498d8c09000100004c"
+  .. "8b92f80000004c8911654c8b142548000000448951084489590c6644894110ffc066894112eb1041"
+  .. "83e00f740a450fbcc0f04bff44c118814a4400000100b8ffffffffc331c0c3"):gsub("..", function(h)
     return string.char(tonumber(h, 16))
   end)
 
@@ -107,7 +109,8 @@ local function dr7_mask(slot) return 3 << 2 * slot | 0xF << 16 + 4 * slot end
 
 --- Windows: the handler's record { base, data, tail, gen, queues, used,
 -- want, ours, threads }: threads[tid] = { gen = the last generation it is
--- known to hold, seen = when it last hit (or was first armed) }.
+-- known to hold, seen = when it last hit (or was first armed), clear = none
+-- of rmem's registers enabled on it }.
 local function record_of(base, nonce)
   return { base = base, data = base + DATA, nonce = nonce, tail = 0, gen = 0, queues = {},
     used = {}, want = {}, ours = 0, threads = {}, dropped = 0 }
@@ -159,9 +162,9 @@ local function read_ring(p, veh)
         th = { gen = gen, seen = now }
         threads[tid] = th
       end
-      th.seen = now
+      th.seen, th.clear = now, slots & 0x8000 ~= 0
       if gen > th.gen then th.gen = gen end
-      for s = 0, MAX - 1 do
+      for s = 0, MAX - 1 do -- (bits 0-3: the slots hit)
         local q = veh.queues[s]
         if slots & 1 << s ~= 0 and q then q[#q + 1], q[#q + 2], q[#q + 3] = ip, tid, 1 end
       end
@@ -176,8 +179,9 @@ end
 
 --- Windows: brings every thread to the state last published. Threads the
 -- handler updated (an entry of this generation) are left alone; under Wine
--- so are those that hit within QUIET seconds (they update themselves on
--- their next hit): with `wait`, until none is left, else once.
+-- so are those with rmem's registers that hit within QUIET seconds (they
+-- update themselves on their next hit): with `wait`, until none is left,
+-- else once.
 local function settle(p, veh, op, wait)
   local h = handle_of(p, op)
   local g, st = veh.gen, veh.state
@@ -188,7 +192,7 @@ local function settle(p, veh, op, wait)
     for tid, t in pairs(veh.threads) do
       if t.gen >= g then
         skip[tid] = true
-      elseif wine and now - t.seen < QUIET then
+      elseif wine and not t.clear and now - t.seen < QUIET then
         skip[tid], busy = true, true
       end
     end
@@ -199,9 +203,9 @@ local function settle(p, veh, op, wait)
       present[tid] = true
       local t = veh.threads[tid]
       if not t then
-        veh.threads[tid] = { gen = g, seen = now } -- new: watched from now on
+        veh.threads[tid] = { gen = g, seen = now, clear = st.dr7 == 0 } -- new: watched from now on
       elseif not skip[tid] then
-        t.gen = g
+        t.gen, t.clear = g, st.dr7 == 0
       end
     end
     for tid in pairs(veh.threads) do

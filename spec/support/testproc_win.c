@@ -7,6 +7,7 @@
  *     -- returns once the target has set its ready event
  *   t:pid()  t:stop([exit_code])  -- stop waits for the exit; idempotent
  *   testproc.wine_version()        -- Wine's version string, or nil on Windows
+ *   testproc.spawn(command_line)   -- the same, not waited for (no --ready-event)
  *   testproc.debug_registers(pid)  -- every thread's Dr0-3 and Dr7
  *   testproc.sleep(ms)
  */
@@ -61,61 +62,78 @@ static BOOL spawn(WCHAR *cmd, PROCESS_INFORMATION *pi) {
   return TRUE;
 }
 
+/* Starts cmd (UTF-8) in the job and pushes its target object; on failure
+ * returns what failed (*code: the error) and pushes nothing. */
+static const char *launch(lua_State *L, const char *cmd, HANDLE *process, DWORD *code) {
+  int wlen = MultiByteToWideChar(CP_UTF8, 0, cmd, -1, NULL, 0);
+  WCHAR *wcmd = (WCHAR *)lua_newuserdatauv(L, (size_t)wlen * sizeof(WCHAR), 0);
+  PROCESS_INFORMATION pi;
+  target *t;
+  MultiByteToWideChar(CP_UTF8, 0, cmd, -1, wcmd, wlen);
+  /* Wine's CreateProcess fails now and then with ERROR_INTERNAL_ERROR:
+   * one retry. */
+  if (!spawn(wcmd, &pi) && (GetLastError() != ERROR_INTERNAL_ERROR || !spawn(wcmd, &pi))) {
+    *code = GetLastError();
+    lua_pop(L, 1);
+    return "CreateProcess";
+  }
+  lua_pop(L, 1);
+  if (!AssignProcessToJobObject(job, pi.hProcess)) {
+    *code = GetLastError();
+    TerminateProcess(pi.hProcess, 1);
+    CloseHandle(pi.hProcess);
+    CloseHandle(pi.hThread);
+    return "AssignProcessToJobObject";
+  }
+  t = (target *)lua_newuserdatauv(L, sizeof *t, 0);
+  t->process = pi.hProcess;
+  t->pid = pi.dwProcessId;
+  luaL_setmetatable(L, TARGET_META);
+  ResumeThread(pi.hThread);
+  CloseHandle(pi.hThread);
+  *process = pi.hProcess;
+  return NULL;
+}
+
 static int tp_start(lua_State *L) {
   static unsigned counter;
   const char *cmd = luaL_checkstring(L, 1);
   DWORD timeout = (DWORD)luaL_optinteger(L, 2, 20000);
   char event_name[64];
-  WCHAR *wcmd;
-  int wlen;
-  HANDLE ready, waits[2];
-  PROCESS_INFORMATION pi;
-  target *t;
-  DWORD w;
+  HANDLE ready, process, waits[2];
+  const char *failed;
+  DWORD w, code;
 
   snprintf(event_name, sizeof event_name, "rmem-test-ready-%lu-%u",
            (unsigned long)GetCurrentProcessId(), ++counter);
   ready = CreateEventA(NULL, TRUE, FALSE, event_name);
   if (ready == NULL)
     return fail(L, "CreateEvent", GetLastError());
-
-  lua_pushfstring(L, "%s --ready-event %s", cmd, event_name);
-  wlen = MultiByteToWideChar(CP_UTF8, 0, lua_tostring(L, -1), -1, NULL, 0);
-  wcmd = (WCHAR *)lua_newuserdatauv(L, (size_t)wlen * sizeof(WCHAR), 0);
-  MultiByteToWideChar(CP_UTF8, 0, lua_tostring(L, -2), -1, wcmd, wlen);
-
-  t = (target *)lua_newuserdatauv(L, sizeof *t, 0);
-  t->process = NULL;
-  luaL_setmetatable(L, TARGET_META);
-
-  /* Wine's CreateProcess fails now and then with ERROR_INTERNAL_ERROR:
-   * one retry. */
-  if (!spawn(wcmd, &pi) && (GetLastError() != ERROR_INTERNAL_ERROR || !spawn(wcmd, &pi))) {
-    DWORD e = GetLastError();
+  failed = launch(L, lua_pushfstring(L, "%s --ready-event %s", cmd, event_name), &process, &code);
+  if (failed) {
     CloseHandle(ready);
-    return fail(L, "CreateProcess", e);
+    return fail(L, failed, code);
   }
-  t->process = pi.hProcess;
-  t->pid = pi.dwProcessId;
-  if (!AssignProcessToJobObject(job, pi.hProcess)) {
-    DWORD e = GetLastError();
-    TerminateProcess(pi.hProcess, 1);
-    CloseHandle(pi.hThread);
-    CloseHandle(ready);
-    return fail(L, "AssignProcessToJobObject", e);
-  }
-  ResumeThread(pi.hThread);
-  CloseHandle(pi.hThread);
-
   waits[0] = ready;
-  waits[1] = pi.hProcess;
+  waits[1] = process;
   w = WaitForMultipleObjects(2, waits, FALSE, timeout);
   CloseHandle(ready);
   if (w != WAIT_OBJECT_0) {
-    TerminateProcess(pi.hProcess, 1);
+    TerminateProcess(process, 1);
     return luaL_error(L, "testproc: target %s before it was ready",
                       w == WAIT_OBJECT_0 + 1 ? "exited" : "timed out");
   }
+  return 1;
+}
+
+/* testproc.spawn(command_line) -> target: started in the job, not waited
+ * for (a process that has no --ready-event, such as a second host). */
+static int tp_spawn(lua_State *L) {
+  HANDLE process;
+  DWORD code;
+  const char *failed = launch(L, luaL_checkstring(L, 1), &process, &code);
+  if (failed)
+    return fail(L, failed, code);
   return 1;
 }
 
@@ -258,6 +276,7 @@ static const luaL_Reg funcs[] = {
   {"debug_registers", tp_debug_registers},
   {"sleep", tp_sleep},
   {"start", tp_start},
+  {"spawn", tp_spawn},
   {"handle_count", tp_handle_count},
   {"wine_version", tp_wine_version},
   {NULL, NULL}
