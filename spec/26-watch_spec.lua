@@ -190,6 +190,14 @@ describe("p:watch()", function()
     return #p:scan_all { bytes = "rmem-watch-veh-2", mask = ("x"):rep(16) }
   end
 
+  --- A watch on the writer's variable that sees hits, closed.
+  local function watch_briefly(p, v)
+    local w = p:watch(v.value, 4, "w")
+    testproc.sleep(300 * SLOW)
+    assert.is_true(total(w:hits()) > 10)
+    w:close()
+  end
+
   -- The child host starts through testproc.spawn: a child lua.exe through
   -- io.popen hangs under Wine 8 (its pipe and console handling).
   helpers.win_it("leaves the target running when the host dies mid-watch; a new host takes over",
@@ -229,10 +237,7 @@ describe("p:watch()", function()
     assert.is_true(p:read_u64(v.writes) > w0)
     -- this host finds the dead host's handler: no second one, its registers
     -- taken over, hits of its own, and clear after close
-    local w = p:watch(v.value, 4, "w")
-    testproc.sleep(300 * SLOW)
-    assert.is_true(total(w:hits()) > 10)
-    w:close()
+    watch_briefly(p, v)
     assert.are.equal(1, handlers(p))
     assert_clear(t.pid)
     p:close()
@@ -244,16 +249,12 @@ describe("p:watch()", function()
   -- longer says so) gets a handler of its own, not the earlier addresses.
   helpers.win_it("does not take a stale handler record for the process's", function()
     local p, t, v = writer_target { "--writer", "1" }
-    local w = p:watch(v.value, 4, "w")
-    w:close()
+    watch_briefly(p, v)
     local at = p:scan_all { bytes = "rmem-watch-veh-2", mask = ("x"):rep(16) }
     assert.are.equal(1, #at)
     p:write(at[1] - 16, ("\0"):rep(32)) -- nonce and signature gone
     local p2 = rmem.open(t.pid, ACCESS)
-    w = p2:watch(v.value, 4, "w")
-    testproc.sleep(300 * SLOW)
-    assert.is_true(total(w:hits()) > 10)
-    w:close()
+    watch_briefly(p2, v)
     assert.are.equal(1, handlers(p2)) -- a new one
     assert_clear(t.pid)
     p:close()
