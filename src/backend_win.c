@@ -494,7 +494,7 @@ static rb_err arm_thread(DWORD tid, const rb_dr_state *want) {
       dr7 = (c.Dr7 & ~(DWORD64)want->mask) | (DWORD64)want->dr7;
       change = dr7 != c.Dr7;
       for (s = 0; s < 4; s++)
-        if (want->slots & 1u << s && dr[s] != (DWORD64)want->addr[s]) {
+        if ((want->slots & 1u << s) != 0 && dr[s] != (DWORD64)want->addr[s]) {
           dr[s] = (DWORD64)want->addr[s];
           change = 1;
         }

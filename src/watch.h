@@ -5,9 +5,10 @@
  * per thread of the target, each with a sample ring that a host thread
  * drains and that also opens events on threads created later.
  *
- * Windows (backend_win.c): rb_debug_registers sets or clears one debug
- * register on every thread; the handler that records the hits lives in the
- * target (lua/rmem/watch.lua writes and installs it).
+ * Windows (backend_win.c): rb_debug_registers sets rmem's debug registers
+ * on the threads the host may stop; the handler that records the hits and
+ * updates the others lives in the target (lua/rmem/watch.lua writes and
+ * installs it, src/watch_handler_x64.s is its source).
  */
 #ifndef RMEM_WATCH_H
 #define RMEM_WATCH_H
