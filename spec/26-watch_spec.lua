@@ -58,7 +58,34 @@ local function hits_it(name, fn)
   return it(name, fn)
 end
 
-describe("p:watch()", function()
+--- The process's tracer (0: none), from /proc (Linux).
+local function tracer_of(pid)
+  local f = assert(io.open("/proc/" .. pid .. "/status"))
+  local status = f:read("a")
+  f:close()
+  return tonumber(status:match("TracerPid:%s*(%d+)"))
+end
+
+--- Waits up to 3 s for the target to have no tracer (a ptrace watch's
+-- tracer detaches once its host has gone); returns the tracer left.
+local function untraced(pid)
+  for _ = 1, 300 do
+    if tracer_of(pid) == 0 then return 0 end
+    testproc.sleep(10)
+  end
+  return tracer_of(pid)
+end
+
+-- On Linux every case runs with each method: perf events, and the ptrace
+-- fallback (chosen here by RMEM_WATCH_METHOD, as it is where
+-- perf_event_paranoid forbids perf events)
+for _, method in ipairs(helpers.linux and { "perf", "ptrace" } or { false }) do
+describe("p:watch()" .. (method and " (" .. method .. ")" or ""), function()
+  if method then
+    setup(function() testproc.setenv("RMEM_WATCH_METHOD", method) end)
+    teardown(function() testproc.setenv("RMEM_WATCH_METHOD", nil) end)
+  end
+
   hits_it("reports the store inside the writing function, and reads only for \"rw\"", function()
     local p, t, v = writer_target { "--writer", "1" }
     local w_lo, w_hi = range_of(p, v.writer)
@@ -73,6 +100,7 @@ describe("p:watch()", function()
       if has_disasm then assert.matches("^mov dword ptr %[", h.text) end
     end
     assert.matches("^rmem%.Watch 0x%x+ 4 bytes w, %d+ hits", tostring(w))
+    if method then assert.matches(" %(" .. method .. "%)$", tostring(w)) end
     w:close()
     local rw = p:watch(v.value, 4, "rw")
     testproc.sleep(500 * SLOW)
@@ -175,12 +203,22 @@ describe("p:watch()", function()
     testproc.sleep(500 * SLOW)
     assert.is_true(p:is_alive())
     assert.is_true(p:read_u64(v.writes) > w0)
+    if helpers.linux then -- a ptrace watch's tracer cleared the registers and left
+      assert.are.equal(0, untraced(t.pid))
+      assert_clear(t.pid)
+    end
     p:close()
     t:stop()
   end)
 
-  -- Wine 8: closing can hang (SuspendThread on the busy writer), as above
-  helpers.linux_it("counts hits plus dropped as the writes of a busy writer (100 per ms, 5 s)", function()
+  -- Wine 8: closing can hang (SuspendThread on the busy writer), as above.
+  -- The writer attempts 100 writes a millisecond (catching up late ones); a
+  -- watched write costs it about 10 us with perf events (so 100,000 a second
+  -- take most of a CPU: the floor leaves room for a loaded machine) and about
+  -- 65 us with ptrace (two switches to the tracer and back per hit).
+  local FLOOR = method == "ptrace" and 2000 or 30000
+  helpers.linux_it(("counts hits plus dropped as the writes of a writer attempting 100,000 a second "
+    .. "for 5 s (at least %d a second)"):format(FLOOR), function()
     local p, t, v = writer_target { "--writer", "100" }
     local w = p:watch(v.value, 4, "w")
     local w0 = p:read_u64(v.writes)
@@ -190,12 +228,28 @@ describe("p:watch()", function()
     local dropped = w.dropped
     w:close()
     assert.is_true(p:is_alive())
-    local msg = ("%d writes, %d hits, %d dropped"):format(writes, seen, dropped)
+    local msg = ("%s: %d writes (%d a second), %d hits, %d dropped"):format(method, writes, writes // 5,
+      seen, dropped)
     print(msg)
+    assert.is_true(writes >= 5 * FLOOR, msg)
     assert.is_true(math.abs(seen + dropped - writes) <= writes // 100 + 10, msg)
     p:close()
     t:stop()
   end)
+
+  if method == "ptrace" then
+    it("says why a call needing ptrace fails while the watch traces the target", function()
+      local p, t, v = writer_target { "--writer", "1" }
+      local w = p:watch(v.value, 4, "w")
+      local e = helpers.error_of(p.alloc, p, 4096)
+      assert.are.equal("EPERM", e.name)
+      assert.matches("a watch with the ptrace method %(p:watch, tracer pid %d+%) traces", e.hint)
+      w:close()
+      p:alloc(4096):free() -- the tracer is gone with the last watch
+      p:close()
+      t:stop()
+    end)
+  end
 
   it("refuses bad input with clear errors", function()
     local p, t, v = writer_target {}
@@ -220,6 +274,42 @@ describe("p:watch()", function()
     ok, e = pcall(p.watch, p, v.value, 4, "w")
     assert.is_false(ok)
     assert.are.equal("PROCESS_CLOSED", e.name)
+    t:stop()
+  end)
+end)
+end
+
+--- Runs a child host (lua5.4) with this script and returns what it printed.
+local function child_host(script)
+  local cmd = ("lua5.4 -e %q"):format(("package.path=%q package.cpath=%q "):format(package.path,
+    package.cpath) .. script:gsub("\n", " "))
+  local child = io.popen(cmd, "r")
+  local out = child:read("a")
+  child:close()
+  return out
+end
+
+describe("p:watch() where perf events are refused", function()
+  helpers.linux_it("falls back to ptrace", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local out = child_host(([[
+      local rmem = require "rmem"
+      local testproc = require "testproc"
+      testproc.deny_perf()
+      local p = rmem.open(%d, { access = "all" })
+      local w <close> = p:watch(%d, 4, "w")
+      testproc.sleep(300)
+      local n = 0
+      for _, h in ipairs(w:hits()) do n = n + h.count end
+      print(tostring(w), n)
+    ]]):format(t.pid, v.value))
+    local shown, n = out:match("^(rmem%.Watch .-)\t(%d+)")
+    assert.matches("%(ptrace%)$", shown, 1, false, out)
+    assert.is_true(tonumber(n) > 10, out)
+    assert.are.equal(0, untraced(t.pid))
+    assert_clear(t.pid)
+    assert.is_true(p:is_alive())
+    p:close()
     t:stop()
   end)
 end)
