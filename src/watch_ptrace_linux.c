@@ -38,6 +38,7 @@
 #include <sys/syscall.h>
 #include <sys/user.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "watch.h"
@@ -284,8 +285,15 @@ static int stale(const tracer *tr) {
 
 /* Every thread stopped once to take the wanted registers (while quitting:
  * and detached). */
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static rb_err sync_all(tracer *tr) {
-  int i, waited = 0;
+  int i;
+  long long end = now_ms() + QUIT_MS;
   tr->gen++;
   tr->err = 0;
   for (i = 0; i < tr->n;)
@@ -295,9 +303,9 @@ static rb_err sync_all(tracer *tr) {
       forget(tr, &tr->th[i]);
     else
       tr->th[i++].gen = tr->gen; /* ending: its exit will come */
-  while ((tr->quitting ? tr->n > 0 : stale(tr)) && waited < QUIT_MS)
-    if (!reap(tr, 100))
-      waited += 100;
+  /* (a SIGCHLD can come for a stop already taken: only time counts) */
+  while ((tr->quitting ? tr->n > 0 : stale(tr)) && now_ms() < end)
+    reap(tr, 100);
   return tr->err ? tr->err : stale(tr) ? ETIMEDOUT : 0;
 }
 
@@ -367,6 +375,7 @@ static void tracer_main(tracer *tr, int sock, pid_t host) {
   rb_err err;
   sigfillset(&set);
   sigprocmask(SIG_SETMASK, &set, NULL); /* a Ctrl-C meant for the host must not end it halfway */
+  signal(SIGCHLD, SIG_DFL);             /* the host's SA_NOCLDSTOP would hide the stops */
   sigemptyset(&set);
   sigaddset(&set, SIGCHLD);
   sigaddset(&set, SIGHUP);
