@@ -58,34 +58,20 @@ local function hits_it(name, fn)
   return it(name, fn)
 end
 
---- The process's tracer (0: none), from /proc (Linux).
-local function tracer_of(pid)
-  local f = assert(io.open("/proc/" .. pid .. "/status"))
-  local status = f:read("a")
-  f:close()
-  return tonumber(status:match("TracerPid:%s*(%d+)"))
-end
-
 --- Waits up to 3 s for the target to have no tracer (a ptrace watch's
 -- tracer detaches once its host has gone); returns the tracer left.
 local function untraced(pid)
   for _ = 1, 300 do
-    if tracer_of(pid) == 0 then return 0 end
+    if helpers.tracer_of(pid) == 0 then return 0 end
     testproc.sleep(10)
   end
-  return tracer_of(pid)
+  return helpers.tracer_of(pid)
 end
 
 -- On Linux every case runs with each method: perf events, and the ptrace
 -- fallback (chosen here by RMEM_WATCH_METHOD, as it is where
 -- perf_event_paranoid forbids perf events)
-for _, method in ipairs(helpers.linux and { "perf", "ptrace" } or { false }) do
-describe("p:watch()" .. (method and " (" .. method .. ")" or ""), function()
-  if method then
-    setup(function() testproc.setenv("RMEM_WATCH_METHOD", method) end)
-    teardown(function() testproc.setenv("RMEM_WATCH_METHOD", nil) end)
-  end
-
+helpers.describe_watch_methods("p:watch()", function(method)
   hits_it("reports the store inside the writing function, and reads only for \"rw\"", function()
     local p, t, v = writer_target { "--writer", "1" }
     local w_lo, w_hi = range_of(p, v.writer)
@@ -277,7 +263,6 @@ describe("p:watch()" .. (method and " (" .. method .. ")" or ""), function()
     t:stop()
   end)
 end)
-end
 
 --- Runs a child host (lua5.4) with this script and returns what it printed.
 local function child_host(script)

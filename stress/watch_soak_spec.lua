@@ -11,20 +11,7 @@ local testproc = helpers.testproc
 
 local N = tonumber(os.getenv("RMEM_WATCH_SOAK")) or 1000
 
---- The process's tracer (0: none), from /proc (Linux).
-local function tracer_of(pid)
-  local f = assert(io.open("/proc/" .. pid .. "/status"))
-  local status = f:read("a")
-  f:close()
-  return tonumber(status:match("TracerPid:%s*(%d+)"))
-end
-
-for _, method in ipairs(helpers.linux and { "perf", "ptrace" } or { false }) do
-describe("watch soak" .. (method and " (" .. method .. ")" or ""), function()
-  if method then
-    setup(function() testproc.setenv("RMEM_WATCH_METHOD", method) end)
-    teardown(function() testproc.setenv("RMEM_WATCH_METHOD", nil) end)
-  end
+helpers.describe_watch_methods("watch soak", function(method)
   -- Wine 8 can hang in SuspendThread/GetThreadContext on a thread that takes
   -- a debug exception after every few instructions (README, "Watches")
   helpers.linux_it(("%d watch open/close cycles on a writer in a tight loop"):format(N), function()
@@ -46,7 +33,7 @@ describe("watch soak" .. (method and " (" .. method .. ")" or ""), function()
     testproc.sleep(200)
     assert.is_true(p:is_alive())
     assert.is_true(seen > 0)
-    assert.are.equal(0, tracer_of(t.pid))
+    assert.are.equal(0, helpers.tracer_of(t.pid))
     local threads = testproc.debug_registers(t.pid)
     assert.are.equal(2 + 1, #threads) -- main and both writers: none left traced
     for _, th in ipairs(threads) do assert.are.equal(0, th.dr7 & 0xFF) end
@@ -56,4 +43,3 @@ describe("watch soak" .. (method and " (" .. method .. ")" or ""), function()
     t:stop()
   end)
 end)
-end
