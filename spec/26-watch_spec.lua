@@ -235,6 +235,23 @@ helpers.describe_watch_methods("p:watch()", function(method)
       p:close()
       t:stop()
     end)
+
+    it("starts another tracer when the last one was killed", function()
+      local p, t, v = writer_target {} -- no writer: no hit for the registers left set
+      local w1 = p:watch(v.value, 4, "w")
+      local killed = helpers.tracer_of(t.pid)
+      os.execute("kill -9 " .. killed)
+      assert.are.equal(0, untraced(t.pid))
+      local w2 = p:watch(v.value, 4, "w")
+      assert.matches("%(ptrace%)$", tostring(w2))
+      assert.are_not.equal(killed, helpers.tracer_of(t.pid))
+      assert.is_true(w1:close())
+      w2:close() -- the register the killed tracer left is the one the new one cleared
+      assert_clear(t.pid)
+      assert.is_true(p:is_alive())
+      p:close()
+      t:stop()
+    end)
   end
 
   it("refuses bad input with clear errors", function()

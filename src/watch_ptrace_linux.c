@@ -68,7 +68,7 @@ typedef struct command {
 
 struct rwp {
   pid_t pid, tracer;
-  int sock, armed; /* armed: register bits */
+  int sock, armed, dead; /* armed: register bits; dead: the tracer was killed */
   shared *sh;
   rwp *next;
 };
@@ -440,12 +440,14 @@ static void keep_only(int sock, int dir) {
 
 /* ---- the host side ------------------------------------------------------------ */
 
+/* A killed tracer: EIO, and the next watch on the process starts another. */
 static rb_err ask(rwp *t, const command *c) {
   rb_err err;
-  if (c && send(t->sock, c, sizeof *c, MSG_NOSIGNAL) != (ssize_t)sizeof *c)
-    return (rb_err)errno;
-  if (recv(t->sock, &err, sizeof err, 0) != (ssize_t)sizeof err)
-    return EIO; /* the tracer is gone (killed) */
+  if ((c && send(t->sock, c, sizeof *c, MSG_NOSIGNAL) != (ssize_t)sizeof *c) ||
+      recv(t->sock, &err, sizeof err, 0) != (ssize_t)sizeof err) {
+    t->dead = 1;
+    return EIO;
+  }
   return err;
 }
 
@@ -527,14 +529,27 @@ static rb_err start_tracer(pid_t pid, rwp **out) {
   return 0;
 }
 
+/* The live tracer of pid (one killed is found out here: its socket hung up). */
+static rwp *tracer_of(pid_t pid) {
+  rwp *t;
+  for (t = tracers; t; t = t->next) {
+    struct pollfd f;
+    f.fd = t->sock;
+    f.events = POLLIN;
+    if (!t->dead && poll(&f, 1, 0) == 1 && (f.revents & (POLLHUP | POLLERR)))
+      t->dead = 1;
+    if (t->pid == pid && !t->dead)
+      return t;
+  }
+  return NULL;
+}
+
 rb_err rwp_arm(pid_t pid, uintptr_t addr, int size, int kind, rwp **out, int *slot) {
   rwp *t;
   rb_err err = 0;
   command c;
   pthread_mutex_lock(&tracers_lock);
-  for (t = tracers; t && t->pid != pid; t = t->next) {
-  }
-  if (t == NULL)
+  if ((t = tracer_of(pid)) == NULL)
     err = start_tracer(pid, &t);
   if (!err) {
     memset(&c, 0, sizeof c);
