@@ -18,8 +18,9 @@ LIN      := build/linux
 LIN_ASAN := build/linux-asan
 LUA_INC  ?= /usr/include/lua5.4
 LIN_SRC  := src/core.c src/scan.c src/ptrmap.c src/valscan.c src/backend_linux.c src/inject_linux.c src/threads_linux.c \
-  src/buffer.c src/freeze.c src/thread_linux.c src/watch_linux.c
-LIN_HDR  := src/backend.h src/scan.h src/ptrmap.h src/valscan.h src/inject_linux.h src/core.h src/watch.h
+  src/buffer.c src/freeze.c src/thread_linux.c src/watch_linux.c \
+  src/watch_ptrace_linux.c
+LIN_HDR  := src/backend.h src/scan.h src/ptrmap.h src/valscan.h src/inject_linux.h src/core.h src/watch.h src/watch_ptrace_linux.h
 LIN_SO   := gcc $(CFLAGS) -fPIC -shared -pthread -I$(LUA_INC)
 SAN      := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 

@@ -49,7 +49,8 @@ local function make_platform(plat)
     linux = {
       sources = { "src/core.c", "src/backend_linux.c", "src/inject_linux.c", "src/scan.c", "src/ptrmap.c",
         "src/threads_linux.c", "src/buffer.c", "src/freeze.c", "src/thread_linux.c",
-        "src/valscan.c", "src/watch_linux.c" },
+        "src/valscan.c", "src/watch_linux.c",
+        "src/watch_ptrace_linux.c" },
       libraries = { "pthread" },
       incdirs = { "src" },
     },

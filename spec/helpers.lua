@@ -187,4 +187,25 @@ function helpers.error_of(fn, ...)
   return err
 end
 
+--- describe(name, body) once per p:watch method: on Linux "perf" and
+-- "ptrace" (RMEM_WATCH_METHOD set meanwhile, named in the block), elsewhere
+-- once with method false.
+function helpers.describe_watch_methods(name, body)
+  local busted = require "busted"
+  for _, method in ipairs(helpers.linux and { "perf", "ptrace" } or { false }) do
+    busted.describe(name .. (method and " (" .. method .. ")" or ""), function()
+      if method then
+        busted.setup(function() helpers.testproc.setenv("RMEM_WATCH_METHOD", method) end)
+        busted.teardown(function() helpers.testproc.setenv("RMEM_WATCH_METHOD", nil) end)
+      end
+      body(method)
+    end)
+  end
+end
+
+--- Linux: the pid tracing the process (0: none).
+function helpers.tracer_of(pid)
+  return tonumber(helpers.read_file("/proc/" .. pid .. "/status"):match("TracerPid:%s*(%d+)"))
+end
+
 return helpers

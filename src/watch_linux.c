@@ -12,6 +12,10 @@
  * the breakpoint is out of the CPU's debug registers), drains what is
  * already in the rings, waits a scheduler tick and only then closes the
  * descriptors: see the README ("Watches") for the SIGTRAP this avoids.
+ *
+ * Where perf_event_open is refused (or RMEM_WATCH_METHOD=ptrace), the watch
+ * is one debug register of a tracer process (watch_ptrace_linux.c) instead,
+ * and the same table gathers its hits.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -29,6 +33,7 @@
 #include <unistd.h>
 
 #include "watch.h"
+#include "watch_ptrace_linux.h"
 
 /* 16 data pages: about 2,700 samples, 25 ms of a thread hitting 100,000
  * times a second, and the host drains every DRAIN_MS. */
@@ -54,6 +59,8 @@ struct rw_watch {
   pthread_mutex_t lock;
   pthread_t drainer;
   int running, stop;
+  rwp *tracer; /* the ptrace method: its tracer and register */
+  int slot;
 };
 
 static int perf_open(struct perf_event_attr *a, pid_t tid) {
@@ -228,8 +235,31 @@ static void *drainer(void *arg) {
   }
 }
 
+/* perf_event_open refused for the user or the kernel (not a thread that
+ * ended or a register that is busy): the ptrace method may still work */
+static int perf_refused(rb_err err) {
+  return err == EACCES || err == EPERM || err == ENOENT || err == EOPNOTSUPP || err == ENOSYS;
+}
+
+static void add_taken(void *ctx, uintptr_t ip, unsigned long tid, unsigned long long n) {
+  rw_watch *w = (rw_watch *)ctx;
+  if (add_hit(w, ip, tid, n))
+    w->dropped += n;
+}
+
+static rb_err open_ptrace(rw_watch *w, rw_watch **out) {
+  rb_err err = rwp_arm(w->pid, w->addr, w->size, w->kind, &w->tracer, &w->slot);
+  if (err) {
+    rw_close(w);
+    return err;
+  }
+  *out = w;
+  return 0;
+}
+
 rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
   rw_watch *w = (rw_watch *)calloc(1, sizeof *w);
+  const char *method = getenv("RMEM_WATCH_METHOD");
   rb_err err;
   size_t before;
   *out = NULL;
@@ -241,6 +271,8 @@ rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
   w->kind = kind;
   w->page = (size_t)sysconf(_SC_PAGESIZE);
   pthread_mutex_init(&w->lock, NULL);
+  if (method && strcmp(method, "ptrace") == 0)
+    return open_ptrace(w, out);
   /* until no thread is new: one created while the first scan ran is caught */
   do {
     before = w->nevents;
@@ -248,6 +280,13 @@ rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
   } while (!err && w->nevents != before);
   if (!err && w->nevents == 0)
     err = ESRCH;
+  if (perf_refused(err) && !(method && strcmp(method, "perf") == 0)) {
+    size_t i;
+    for (i = 0; i < w->nevents; i++)
+      close_event(w, &w->events[i]);
+    w->nevents = 0;
+    return open_ptrace(w, out);
+  }
   if (!err && (err = (rb_err)pthread_create(&w->drainer, NULL, drainer, w)) == 0)
     w->running = 1;
   if (err) {
@@ -260,9 +299,15 @@ rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
 
 rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long long *dropped) {
   size_t i, k = 0;
+  unsigned long long lost = 0; /* by the tracer */
   rb_err err;
   pthread_mutex_lock(&w->lock);
-  err = rescan(w);
+  if (w->tracer) {
+    lost = rwp_take(w->tracer, w->slot, add_taken, w);
+    err = 0;
+  } else {
+    err = rescan(w);
+  }
   for (i = 0; i < w->nevents; i++)
     drain(w, &w->events[i]);
   *n = w->tused;
@@ -274,7 +319,7 @@ rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long l
       memset(w->table, 0, w->tsize * sizeof *w->table);
     w->tused = 0;
   }
-  *dropped = w->dropped;
+  *dropped = w->dropped + lost;
   pthread_mutex_unlock(&w->lock);
   /* a target that ended still gives the hits it made */
   return err == ESRCH ? 0 : err;
@@ -290,6 +335,8 @@ void rw_close(rw_watch *w) {
     pthread_mutex_unlock(&w->lock);
     pthread_join(w->drainer, NULL);
   }
+  if (w->tracer)
+    rwp_disarm(w->tracer, w->slot);
   /* out of the debug registers of every thread first, while the events
    * still exist to claim any debug exception already on its way */
   for (i = 0; i < w->nevents; i++)
@@ -306,8 +353,7 @@ void rw_close(rw_watch *w) {
 }
 
 const char *rw_method(const rw_watch *w) {
-  (void)w;
-  return "perf";
+  return w->tracer ? "ptrace" : "perf";
 }
 
 rb_err rb_debug_registers(rb_proc *p, const rb_dr_state *want, const unsigned long *skip,

@@ -2,14 +2,16 @@
 -- writing the watched variable in a tight loop (examples/target.c --writer 0,
 -- and the same from a second thread): the target never dies (no SIGTRAP, no
 -- unhandled single-step), every thread's debug registers end clear, and the
--- host's handles are flat. RMEM_WATCH_SOAK sets the number of cycles.
+-- host's handles are flat. RMEM_WATCH_SOAK sets the number of cycles. On
+-- Linux with each method: perf events, and ptrace (RMEM_WATCH_METHOD), whose
+-- tracer must also have left.
 local rmem = require "rmem"
 local helpers = require "spec.helpers"
 local testproc = helpers.testproc
 
 local N = tonumber(os.getenv("RMEM_WATCH_SOAK")) or 1000
 
-describe("watch soak", function()
+helpers.describe_watch_methods("watch soak", function(method)
   -- both platforms (under Wine 8 rmem never suspends a thread that may be
   -- inside a debug exception: README, "Watches")
   it(("%d watch open/close cycles on a writer in a tight loop"):format(N), function()
@@ -31,9 +33,14 @@ describe("watch soak", function()
     testproc.sleep(200)
     assert.is_true(p:is_alive())
     assert.is_true(seen > 0)
-    for _, th in ipairs(testproc.debug_registers(t.pid)) do assert.are.equal(0, th.dr7 & 0xFF) end
+    local threads = testproc.debug_registers(t.pid)
+    if helpers.linux then
+      assert.are.equal(0, helpers.tracer_of(t.pid))
+      assert.are.equal(2 + 1, #threads) -- main and both writers: none left traced
+    end
+    for _, th in ipairs(threads) do assert.are.equal(0, th.dr7 & 0xFF) end
     assert.are.equal(handles, helpers.handle_count())
-    print(("%d cycles, %d hits seen, target alive"):format(N, seen))
+    print(("%s: %d cycles, %d hits seen, target alive"):format(method or "veh", N, seen))
     p:close()
     t:stop()
   end)

@@ -31,7 +31,10 @@ local read_file = require("rmem.tools").read_file
 local function ptrace_cause(pid)
   local status = read_file("/proc/" .. pid .. "/status") or ""
   local tracer = tonumber(status:match("TracerPid:%s*(%d+)"))
-  if tracer and tracer ~= 0 then
+  if tracer and tracer ~= 0 and (read_file("/proc/" .. tracer .. "/comm") or ""):match("^rmem%-watch") then
+    return ("a watch with the ptrace method (p:watch, tracer pid %d) traces the process: close "
+      .. "it first; read, write and query still work"):format(tracer)
+  elseif tracer and tracer ~= 0 then
     return ("the process is already traced by pid %d (a debugger?): detach it first; "
       .. "read, write and query still work"):format(tracer)
   end

@@ -12,6 +12,10 @@
  *   testproc.count_sigchld(on)     -- counts the host's SIGCHLDs from now (on) or stops
  *   testproc.sigchld_count()       -- how many arrived while counting
  *   testproc.wine_version()        -- nil: not under Wine
+ *   testproc.setenv(name, value)   -- the host's environment (value nil: unset)
+ *   testproc.deny_perf()           -- perf_event_open fails with EACCES in this
+ *                                  -- process from now on (a seccomp filter: for a
+ *                                  -- child host, it cannot be undone)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -22,7 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/ptrace.h>
 #include <sys/user.h>
 #include <stddef.h>
@@ -349,7 +356,35 @@ static int tp_sleep(lua_State *L) {
   return 0;
 }
 
+static int tp_setenv(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  if (lua_isnoneornil(L, 2))
+    unsetenv(name);
+  else
+    setenv(name, luaL_checkstring(L, 2), 1);
+  return 0;
+}
+
+/* As where kernel.perf_event_paranoid is 3 (Debian's default), which root
+ * would pass: perf_event_open gives EACCES, everything else is allowed. */
+static int tp_deny_perf(lua_State *L) {
+  struct sock_filter code[] = {
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_perf_event_open, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EACCES),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog;
+  prog.len = (unsigned short)(sizeof code / sizeof code[0]);
+  prog.filter = code;
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+    return luaL_error(L, "seccomp: %s", strerror(errno));
+  return 0;
+}
+
 static const luaL_Reg funcs[] = {
+  {"setenv", tp_setenv},
+  {"deny_perf", tp_deny_perf},
   {"debug_registers", tp_debug_registers},
   {"perf_events", tp_perf_events},
   {"sleep", tp_sleep},
