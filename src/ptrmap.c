@@ -9,6 +9,10 @@
  * max_offset) reach the target. Chains start at static addresses (inside a
  * module), shortest first.
  */
+#ifdef __linux__
+#define _GNU_SOURCE /* mremap */
+#include <sys/mman.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,25 +24,108 @@
 #include "ptrmap.h"
 
 #define MAP_META "rmem.core.ptrmap"
+#define FILE_META "rmem.core.ptrmap_file"
+#define SCAN_META "rmem.core.ptrscan_levels"
 #define FILE_MAGIC "RMEMPTRS"
 #define FILE_VERSION 1u
 /* A level of the scan stops growing here (its edges): the rest is dropped
  * and the result says it was truncated. */
 #define LEVEL_MAX ((size_t)1 << 22)
+/* The radix sort's digits are at most this wide: 2,048 buckets, whose
+ * counters and write positions stay in the first-level cache. */
+#define DIGIT_MAX 11
+#define PASS_MAX 6 /* ceil(64 / DIGIT_MAX) */
 
+/* A committed region; key is the sum of the sizes of the regions below it,
+ * so that a value's key (key + value - lo) numbers the committed bytes
+ * without the gaps between regions: fewer bits to sort than the values. */
 typedef struct range {
-  uint64_t lo, hi;
+  uint64_t lo, size, key;
 } range;
 
 typedef struct ptrmap {
   int bits;                /* 32 or 64: the pointer size of the process */
   range *targets;          /* committed regions, while building */
-  size_t ntargets, captargets;
+  size_t ntargets, captargets, hint;
   uint64_t *addr, *val;    /* the pairs, in address order */
-  size_t n, cap;
+  uint64_t *key;           /* the values' keys, while building */
+  size_t n, cap;           /* cap: the room in all three arrays */
+  size_t capaddr, capval, capkey;
+  /* the sort's plan, fixed by the first memory added: npass digits of
+   * width bits, and the counts of each digit's values */
+  size_t *count;
+  int npass, width, keybits;
   uint32_t *byval;         /* indices of the pairs in value order */
+  size_t nbyval;           /* its size (n, or 1) */
   int finished;
 } ptrmap;
+
+/* ---- large arrays ---------------------------------------------------------------
+ * The pairs, their keys, the index and the sort's buffers: tens of MB for
+ * a big process, written once each. On Linux they are mappings of their
+ * own in huge pages where the kernel has them (a fresh 4 KiB page costs a
+ * fault: 24,000 of them for 4 Mi pointers, half the time of the map), and
+ * grow with mremap (no copy). Elsewhere malloc. */
+
+#ifdef __linux__
+static void *big_resize(void *old, size_t oldbytes, size_t bytes) {
+  void *p = old ? mremap(old, oldbytes, bytes, MREMAP_MAYMOVE)
+                : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+  if (p == MAP_FAILED)
+    return NULL;
+  madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without it, small pages */
+  return p;
+}
+
+static void big_free(void *p, size_t bytes) {
+  if (p != NULL)
+    munmap(p, bytes);
+}
+
+/* Gives back the end of an array, in place (shrinking a mapping cannot
+ * fail but for bad arguments). */
+static void big_shrink(void *p, size_t oldbytes, size_t bytes) {
+  if (p != NULL)
+    mremap(p, oldbytes, bytes, 0);
+}
+
+/* Address space is cheap here: room for a pointer in every slot of the
+ * committed memory at once, and no growing. */
+#define RESERVE_ALL 1
+#else
+static void *big_resize(void *old, size_t oldbytes, size_t bytes) {
+  (void)oldbytes;
+  return realloc(old, bytes);
+}
+
+static void big_free(void *p, size_t bytes) {
+  (void)bytes;
+  free(p);
+}
+
+/* Arrays grew by doubling here: at most half of one is spare. */
+static void big_shrink(void *p, size_t oldbytes, size_t bytes) {
+  (void)p;
+  (void)oldbytes;
+  (void)bytes;
+}
+
+#define RESERVE_ALL 0
+#endif
+
+static void *big_alloc(size_t bytes) { return big_resize(NULL, 0, bytes); }
+
+/* Sets the capacity of the array *a, now *cap items, to want items; 0: out
+ * of memory (the array is as it was). */
+static int resize(uint64_t **a, size_t *cap, size_t want) {
+  uint64_t *p = (uint64_t *)big_resize(*a, *cap * sizeof *p, want * sizeof *p);
+  if (p == NULL)
+    return 0;
+  *a = p;
+  *cap = want;
+  return 1;
+}
 
 static ptrmap *check_map(lua_State *L, int arg) {
   ptrmap *m = (ptrmap *)luaL_checkudata(L, arg, MAP_META);
@@ -47,11 +134,22 @@ static ptrmap *check_map(lua_State *L, int arg) {
   return m;
 }
 
-static void map_release(ptrmap *m) {
+/* Frees what only building needs. */
+static void release_building(ptrmap *m) {
   free(m->targets);
-  free(m->addr);
-  free(m->val);
-  free(m->byval);
+  big_free(m->key, m->capkey * sizeof *m->key);
+  free(m->count);
+  m->targets = NULL;
+  m->key = NULL;
+  m->count = NULL;
+  m->ntargets = m->captargets = 0;
+}
+
+static void map_release(ptrmap *m) {
+  release_building(m);
+  big_free(m->addr, m->capaddr * sizeof *m->addr);
+  big_free(m->val, m->capval * sizeof *m->val);
+  big_free(m->byval, m->nbyval * sizeof *m->byval);
   memset(m, 0, sizeof *m);
 }
 
@@ -71,14 +169,21 @@ static int map_new(lua_State *L) {
   return 1;
 }
 
-/* m:target(lo, hi): values in [lo, hi) are pointers (a committed region) */
+/* m:target(lo, hi): values in [lo, hi) are pointers (a committed region);
+ * all of them before the first memory is added */
 static int map_target(lua_State *L) {
   ptrmap *m = check_map(L, 1);
   lua_Integer lo = luaL_checkinteger(L, 2), hi = luaL_checkinteger(L, 3);
+  range *last = m->ntargets ? &m->targets[m->ntargets - 1] : NULL;
   luaL_argcheck(L, !m->finished, 1, "the pointer map is finished");
+  luaL_argcheck(L, m->count == NULL, 1, "target ranges must come before the memory");
   luaL_argcheck(L, lo >= 0 && hi > lo, 3, "need 0 <= lo < hi");
-  luaL_argcheck(L, m->ntargets == 0 || (uint64_t)lo >= m->targets[m->ntargets - 1].hi, 2,
+  luaL_argcheck(L, last == NULL || (uint64_t)lo >= last->lo + last->size, 2,
                 "target ranges must ascend");
+  if (last && last->lo + last->size == (uint64_t)lo) {
+    last->size += (uint64_t)(hi - lo); /* adjacent regions merge */
+    return 0;
+  }
   if (m->ntargets == m->captargets) {
     size_t cap = m->captargets ? m->captargets * 2 : 64;
     range *grown = (range *)realloc(m->targets, cap * sizeof *grown);
@@ -87,62 +192,127 @@ static int map_target(lua_State *L) {
     m->targets = grown;
     m->captargets = cap;
   }
-  if (m->ntargets && m->targets[m->ntargets - 1].hi == (uint64_t)lo)
-    m->targets[m->ntargets - 1].hi = (uint64_t)hi; /* adjacent regions merge */
-  else {
-    m->targets[m->ntargets].lo = (uint64_t)lo;
-    m->targets[m->ntargets].hi = (uint64_t)hi;
-    m->ntargets++;
-  }
+  m->targets[m->ntargets].lo = (uint64_t)lo;
+  m->targets[m->ntargets].size = (uint64_t)(hi - lo);
+  m->ntargets++;
   return 0;
 }
 
-static int is_target(const ptrmap *m, uint64_t v) {
+/* The number of bits needed to write v. */
+static int bit_length(uint64_t v) {
+  int b = 0;
+  while (v >> b && b < 64)
+    b++;
+  return b;
+}
+
+/* Plans the sort of keys below 2^keybits: as few passes as digits of at
+ * most DIGIT_MAX bits allow, equally wide. 0: out of memory. */
+static int plan_sort(ptrmap *m, int keybits) {
+  m->keybits = keybits;
+  m->npass = (keybits + DIGIT_MAX - 1) / DIGIT_MAX;
+  m->width = m->npass ? (keybits + m->npass - 1) / m->npass : 0;
+  m->count = (size_t *)calloc(((size_t)m->npass << m->width) + 1, sizeof *m->count);
+  return m->count != NULL;
+}
+
+static void count_key(ptrmap *m, uint64_t k) {
+  size_t mask = ((size_t)1 << m->width) - 1;
+  int d;
+  for (d = 0; d < m->npass; d++)
+    m->count[((size_t)d << m->width) + (size_t)(k >> (d * m->width) & mask)]++;
+}
+
+/* Numbers the committed bytes and plans the sort: called once, when the
+ * first memory is added. 0: out of memory. */
+static int plan_targets(ptrmap *m) {
+  uint64_t total = 0;
+  size_t i;
+  for (i = 0; i < m->ntargets; i++) {
+    m->targets[i].key = total;
+    total += m->targets[i].size;
+  }
+  return plan_sort(m, bit_length(total - 1));
+}
+
+/* For a map read from a file, which has no regions: the values' distances
+ * from the smallest are the keys. 0: out of memory. */
+static int keys_from_values(ptrmap *m) {
+  uint64_t lo = ~(uint64_t)0, hi = 0;
+  size_t i;
+  for (i = 0; i < m->n; i++) {
+    lo = m->val[i] < lo ? m->val[i] : lo;
+    hi = m->val[i] > hi ? m->val[i] : hi;
+  }
+  if (!resize(&m->key, &m->capkey, m->n) || !plan_sort(m, bit_length(hi - lo)))
+    return 0;
+  for (i = 0; i < m->n; i++) {
+    m->key[i] = m->val[i] - lo;
+    count_key(m, m->key[i]);
+  }
+  return 1;
+}
+
+/* The region holding v, or NULL. The last one found is tried first:
+ * pointers come in runs into the same heap. */
+static const range *region_of(ptrmap *m, uint64_t v) {
+  const range *r = &m->targets[m->hint];
   size_t lo = 0, hi = m->ntargets;
-  while (lo < hi) {
+  if (v - r->lo < r->size)
+    return r;
+  while (lo < hi) { /* the first region starting above v */
     size_t mid = lo + (hi - lo) / 2;
-    if (v >= m->targets[mid].hi)
+    if (m->targets[mid].lo <= v)
       lo = mid + 1;
     else
       hi = mid;
   }
-  return lo < m->ntargets && v >= m->targets[lo].lo;
+  if (lo == 0 || v - m->targets[lo - 1].lo >= m->targets[lo - 1].size)
+    return NULL;
+  m->hint = lo - 1;
+  return &m->targets[lo - 1];
 }
 
-static int push_pair(ptrmap *m, uint64_t a, uint64_t v) {
-  if (m->n == m->cap) {
-    size_t cap = m->cap ? m->cap * 2 : 4096;
-    uint64_t *ga = (uint64_t *)realloc(m->addr, cap * sizeof *ga), *gv;
-    if (ga == NULL)
-      return 0;
-    m->addr = ga;
-    if ((gv = (uint64_t *)realloc(m->val, cap * sizeof *gv)) == NULL)
-      return 0;
-    m->val = gv;
-    m->cap = cap;
-  }
-  m->addr[m->n] = a;
-  m->val[m->n] = v;
-  m->n++;
+static int reserve_pairs(ptrmap *m, size_t cap) {
+  if (!resize(&m->addr, &m->capaddr, cap) || !resize(&m->val, &m->capval, cap) ||
+      !resize(&m->key, &m->capkey, cap))
+    return 0;
+  m->cap = cap;
   return 1;
+}
+
+/* Makes room for more pairs: at first for as many as the committed memory
+ * has slots where address space is cheap (or 64 Ki where it is not, or
+ * when reserving that failed), then twice as many. */
+static int grow_pairs(ptrmap *m) {
+  if (m->cap == 0 && RESERVE_ALL) {
+    const range *last = &m->targets[m->ntargets - 1];
+    uint64_t slots = (last->key + last->size) / ((uint64_t)m->bits / 8);
+    if (slots > 65536 && slots < SIZE_MAX / sizeof *m->addr && reserve_pairs(m, (size_t)slots))
+      return 1;
+  }
+  return reserve_pairs(m, m->cap ? m->cap * 2 : 65536);
 }
 
 int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n, uint64_t base) {
   ptrmap *m = check_map(L, arg);
   size_t step, i, before = m->n;
-  uint64_t first, last;
+  uint64_t first, span;
   luaL_argcheck(L, !m->finished, arg, "the pointer map is finished");
   luaL_argcheck(L, m->n == 0 || base > m->addr[m->n - 1], arg - 1,
                 "memory must be added in ascending order");
   if (m->ntargets == 0)
     return 0;
+  if (m->count == NULL && !plan_targets(m))
+    return luaL_error(L, "not enough memory for the pointer map");
   step = (size_t)m->bits / 8;
   first = m->targets[0].lo;
-  last = m->targets[m->ntargets - 1].hi;
+  span = m->targets[m->ntargets - 1].lo + m->targets[m->ntargets - 1].size - first;
   /* the first aligned slot at or after base */
   i = (size_t)((step - base % step) % step);
   for (; i + step <= n; i += step) {
-    uint64_t v;
+    uint64_t v, k;
+    const range *r;
     if (step == 8) {
       memcpy(&v, data + i, 8);
     } else {
@@ -151,81 +321,91 @@ int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n
       v = v32;
     }
     /* most values (zeros, small numbers, text) fail the first test */
-    if (v < first || v >= last || !is_target(m, v))
+    if (v - first >= span || (r = region_of(m, v)) == NULL)
       continue;
-    if (!push_pair(m, base + i, v))
+    if (m->n == m->cap && !grow_pairs(m))
       return luaL_error(L, "not enough memory for the pointer map");
+    k = r->key + (v - r->lo);
+    m->addr[m->n] = base + i;
+    m->val[m->n] = v;
+    m->key[m->n] = k;
+    m->n++;
+    count_key(m, k);
   }
   return (int)(m->n - before > (size_t)INT32_MAX ? INT32_MAX : m->n - before);
 }
 
-/* A key and the index of its pair, sorted together so that each pass of
- * the sort reads its keys in order instead of through the index. */
-typedef struct keyed {
-  uint64_t key, idx;
-} keyed;
-
-/* Sets idx[0..n) to the indices of val in value order, ties by index: an
- * LSD radix sort (stable) over 16-bit digits, only over the bits in which
- * the values differ (pointers share their top bits and their low three). */
-static int sort_by_value(const uint64_t *val, uint32_t *idx, size_t n) {
-  keyed *a = (keyed *)malloc((n ? n : 1) * sizeof *a), *b = (keyed *)malloc((n ? n : 1) * sizeof *b);
-  size_t *count = (size_t *)malloc(65536 * sizeof *count), i;
-  uint64_t any = 0, all = ~(uint64_t)0, differ;
-  int shift, low = 0, high = 0;
-  if (a == NULL || b == NULL || count == NULL) {
-    free(a);
-    free(b);
-    free(count);
+/* Sets m->byval to the indices of the pairs in value order, ties by index:
+ * an LSD radix sort (stable) of the keys, whose digits were counted while
+ * the memory was added. An item is the key above the index when both fit
+ * in 64 bits (so each pass reads its keys in order), else the index alone,
+ * its key read through it. A pass whose digit is the same in every key is
+ * skipped. */
+static int sort_by_value(ptrmap *m) {
+  size_t n = m->n, nd = (size_t)1 << m->width, i;
+  int ib = bit_length(n ? n - 1 : 0), packed = m->keybits + ib <= 64;
+  int pass[PASS_MAX], np = 0, j;
+  uint64_t *tmp, *other = NULL, *src = NULL, *dst, idxmask = ib ? ~(uint64_t)0 >> (64 - ib) : 0;
+  for (j = 0; j < m->npass; j++) {
+    const size_t *c = m->count + ((size_t)j << m->width);
+    for (i = 0; i < nd && c[i] != n; i++)
+      ;
+    if (i == nd) /* the keys differ in this digit */
+      pass[np++] = j;
+  }
+  if (np == 0) {
+    for (i = 0; i < n; i++)
+      m->byval[i] = (uint32_t)i;
+    return 1;
+  }
+  tmp = (uint64_t *)big_alloc(n * sizeof *tmp);
+  if (!packed) /* the keys must stay: a second buffer */
+    other = (uint64_t *)big_alloc(n * sizeof *other);
+  if (tmp == NULL || (!packed && other == NULL)) {
+    big_free(tmp, n * sizeof *tmp);
     return 0;
   }
-  for (i = 0; i < n; i++) {
-    a[i].key = val[i];
-    a[i].idx = i;
-    any |= val[i];
-    all &= val[i];
-  }
-  differ = any ^ all;
-  while (low < 64 && !(differ >> low & 1))
-    low++;
-  for (high = low; high < 64 && differ >> high; high++)
-    ;
-  for (shift = low; shift < high; shift += 16) {
-    size_t sum = 0;
-    keyed *t;
-    memset(count, 0, 65536 * sizeof *count);
-    for (i = 0; i < n; i++)
-      count[(a[i].key >> shift) & 65535]++;
-    for (i = 0; i < 65536; i++) {
-      size_t c = count[i];
-      count[i] = sum;
-      sum += c;
+  dst = tmp;
+  for (j = 0; j < np; j++) {
+    int shift = pass[j] * m->width, last = j == np - 1;
+    size_t *c = m->count + ((size_t)pass[j] << m->width), sum = 0;
+    for (i = 0; i < nd; i++) {
+      size_t k = c[i];
+      c[i] = sum;
+      sum += k;
     }
-    for (i = 0; i < n; i++)
-      b[count[(a[i].key >> shift) & 65535]++] = a[i];
-    t = a;
-    a = b;
-    b = t;
+    for (i = 0; i < n; i++) {
+      uint64_t item = src ? src[i] : packed ? m->key[i] << ib | i : i;
+      uint64_t key = packed ? item >> ib : m->key[item];
+      size_t at = c[key >> shift & (nd - 1)]++;
+      if (last)
+        m->byval[at] = (uint32_t)(item & (packed ? idxmask : ~(uint64_t)0));
+      else
+        dst[at] = item;
+    }
+    src = dst;
+    dst = dst == tmp ? (packed ? m->key : other) : tmp;
   }
-  for (i = 0; i < n; i++)
-    idx[i] = (uint32_t)a[i].idx;
-  free(a);
-  free(b);
-  free(count);
+  big_free(tmp, n * sizeof *tmp);
+  big_free(other, n * sizeof *other);
   return 1;
 }
 
 static int finish(ptrmap *m) {
-  if ((m->byval = (uint32_t *)malloc((m->n ? m->n : 1) * sizeof *m->byval)) == NULL)
+  m->nbyval = m->n ? m->n : 1;
+  if ((m->byval = (uint32_t *)big_alloc(m->nbyval * sizeof *m->byval)) == NULL)
     return 0;
-  if (!sort_by_value(m->val, m->byval, m->n)) {
-    free(m->byval);
+  if (m->n && ((m->key == NULL && !keys_from_values(m)) || !sort_by_value(m))) {
+    big_free(m->byval, m->nbyval * sizeof *m->byval);
     m->byval = NULL;
     return 0;
   }
-  free(m->targets);
-  m->targets = NULL;
-  m->ntargets = m->captargets = 0;
+  release_building(m);
+  if (m->n && m->n < m->cap) { /* the room reserved and not used */
+    big_shrink(m->addr, m->capaddr * sizeof *m->addr, m->n * sizeof *m->addr);
+    big_shrink(m->val, m->capval * sizeof *m->val, m->n * sizeof *m->val);
+    m->cap = m->capaddr = m->capval = m->n;
+  }
   m->finished = 1;
   return 1;
 }
@@ -396,10 +576,8 @@ static int map_load(lua_State *L) {
   if (count > UINT32_MAX)
     return file_fail(L, f, "damaged header", path);
   m = new_map(L, (int)bits);
-  m->cap = (size_t)count ? (size_t)count : 1;
-  m->addr = (uint64_t *)malloc(m->cap * sizeof *m->addr);
-  m->val = (uint64_t *)malloc(m->cap * sizeof *m->val);
-  if (m->addr == NULL || m->val == NULL) {
+  if (!resize(&m->addr, &m->capaddr, count ? (size_t)count : 1) ||
+      !resize(&m->val, &m->capval, count ? (size_t)count : 1)) {
     fclose(f);
     return luaL_error(L, "not enough memory for the pointer map");
   }
