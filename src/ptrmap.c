@@ -216,11 +216,11 @@ static int plan_sort(ptrmap *m, int keybits) {
   return m->count != NULL;
 }
 
-static void count_key(ptrmap *m, uint64_t k) {
-  size_t mask = ((size_t)1 << m->width) - 1;
+static void count_key(size_t *count, int npass, int width, uint64_t k) {
+  const size_t mask = ((size_t)1 << width) - 1;
   int d;
-  for (d = 0; d < m->npass; d++)
-    m->count[((size_t)d << m->width) + (size_t)(k >> (d * m->width) & mask)]++;
+  for (d = 0; d < npass; d++)
+    count[((size_t)d << width) + (size_t)(k >> (d * width) & mask)]++;
 }
 
 /* Numbers the committed bytes and plans the sort: called once, when the
@@ -248,18 +248,14 @@ static int keys_from_values(ptrmap *m) {
     return 0;
   for (i = 0; i < m->n; i++) {
     m->key[i] = m->val[i] - lo;
-    count_key(m, m->key[i]);
+    count_key(m->count, m->npass, m->width, m->key[i]);
   }
   return 1;
 }
 
-/* The region holding v, or NULL. The last one found is tried first:
- * pointers come in runs into the same heap. */
-static const range *region_of(ptrmap *m, uint64_t v) {
-  const range *r = &m->targets[m->hint];
+/* The region holding v, or NULL. */
+static const range *region_of(const ptrmap *m, uint64_t v) {
   size_t lo = 0, hi = m->ntargets;
-  if (v - r->lo < r->size)
-    return r;
   while (lo < hi) { /* the first region starting above v */
     size_t mid = lo + (hi - lo) / 2;
     if (m->targets[mid].lo <= v)
@@ -269,7 +265,6 @@ static const range *region_of(ptrmap *m, uint64_t v) {
   }
   if (lo == 0 || v - m->targets[lo - 1].lo >= m->targets[lo - 1].size)
     return NULL;
-  m->hint = lo - 1;
   return &m->targets[lo - 1];
 }
 
@@ -294,25 +289,24 @@ static int grow_pairs(ptrmap *m) {
   return reserve_pairs(m, m->cap ? m->cap * 2 : 65536);
 }
 
-int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n, uint64_t base) {
-  ptrmap *m = check_map(L, arg);
-  size_t step, i, before = m->n;
-  uint64_t first, span;
-  luaL_argcheck(L, !m->finished, arg, "the pointer map is finished");
-  luaL_argcheck(L, m->n == 0 || base > m->addr[m->n - 1], arg - 1,
-                "memory must be added in ascending order");
-  if (m->ntargets == 0)
-    return 0;
-  if (m->count == NULL && !plan_targets(m))
-    return luaL_error(L, "not enough memory for the pointer map");
-  step = (size_t)m->bits / 8;
-  first = m->targets[0].lo;
-  span = m->targets[m->ntargets - 1].lo + m->targets[m->ntargets - 1].size - first;
+/* Adds the pointers in data to m; 0: out of memory. The loop runs once
+ * for every slot of the process's memory: m's fields are kept in locals,
+ * which the stores through m's arrays would otherwise make it reload. */
+static int collect(ptrmap *m, const unsigned char *data, size_t len, uint64_t base) {
+  const size_t step = (size_t)m->bits / 8;
+  const uint64_t first = m->targets[0].lo;
+  const uint64_t span = m->targets[m->ntargets - 1].lo + m->targets[m->ntargets - 1].size - first;
+  /* the last region found is tried first: pointers come in runs into the
+   * same heap */
+  const range *hint = &m->targets[m->hint];
+  uint64_t *addr = m->addr, *val = m->val, *key = m->key;
+  size_t n = m->n, cap = m->cap, *count = m->count;
+  const int npass = m->npass, width = m->width;
   /* the first aligned slot at or after base */
-  i = (size_t)((step - base % step) % step);
-  for (; i + step <= n; i += step) {
+  size_t i = (size_t)((step - base % step) % step);
+  for (; i + step <= len; i += step) {
     uint64_t v, k;
-    const range *r;
+    const range *r = hint;
     if (step == 8) {
       memcpy(&v, data + i, 8);
     } else {
@@ -321,17 +315,44 @@ int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n
       v = v32;
     }
     /* most values (zeros, small numbers, text) fail the first test */
-    if (v - first >= span || (r = region_of(m, v)) == NULL)
+    if (v - first >= span)
       continue;
-    if (m->n == m->cap && !grow_pairs(m))
-      return luaL_error(L, "not enough memory for the pointer map");
+    if (v - r->lo >= r->size) {
+      if ((r = region_of(m, v)) == NULL)
+        continue;
+      hint = r;
+    }
+    if (n == cap) {
+      m->n = n;
+      if (!grow_pairs(m))
+        return 0;
+      addr = m->addr;
+      val = m->val;
+      key = m->key;
+      cap = m->cap;
+    }
     k = r->key + (v - r->lo);
-    m->addr[m->n] = base + i;
-    m->val[m->n] = v;
-    m->key[m->n] = k;
-    m->n++;
-    count_key(m, k);
+    addr[n] = base + i;
+    val[n] = v;
+    key[n] = k;
+    n++;
+    count_key(count, npass, width, k);
   }
+  m->n = n;
+  m->hint = (size_t)(hint - m->targets);
+  return 1;
+}
+
+int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n, uint64_t base) {
+  ptrmap *m = check_map(L, arg);
+  size_t before = m->n;
+  luaL_argcheck(L, !m->finished, arg, "the pointer map is finished");
+  luaL_argcheck(L, m->n == 0 || base > m->addr[m->n - 1], arg - 1,
+                "memory must be added in ascending order");
+  if (m->ntargets == 0)
+    return 0;
+  if ((m->count == NULL && !plan_targets(m)) || !collect(m, data, n, base))
+    return luaL_error(L, "not enough memory for the pointer map");
   return (int)(m->n - before > (size_t)INT32_MAX ? INT32_MAX : m->n - before);
 }
 
