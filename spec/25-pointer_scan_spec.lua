@@ -182,6 +182,39 @@ describe("pointer scan", function()
     assert.equal("rmem.PointerMap (closed)", tostring(closed))
   end)
 
+  -- Every Lua call that can raise (a table, a string, a userdata) fails in
+  -- turn: the C code's buffers must still be freed. ASan counts the bytes.
+  helpers.linux_it("leaks nothing when Lua runs out of memory midway", function()
+    local path = tmpname()
+    map:save(path)
+    local prefix = ("local rmem = require 'rmem'; local path, pid, value = %q, %d, %d\n"):format(
+      path, p.pid, value)
+    local cases = {
+      load = "return function() rmem.load_pointer_map(path):close() end",
+      scan = [[local m = rmem.load_pointer_map(path)
+        return function() rmem.pointer_scan { map = m, target = value, depth = 3, limit = 200 } end]],
+      map = [[local q = rmem.open(pid)
+        return function() q:pointer_map():close() end]],
+    }
+    for name, code in pairs(cases) do
+      local n, failed = 0, 0
+      while true do
+        local ok, msg, leaked = helpers.testproc.failing_alloc(prefix .. code, n, package.path,
+          package.cpath)
+        if leaked then
+          assert.equal(0, leaked, ("%s, failing after %d allocations (%s): %d bytes leaked"):format(
+            name, n, msg, leaked))
+        end
+        if ok then break end
+        assert.truthy(msg:match("not enough memory"), name .. ": " .. msg)
+        failed = failed + 1
+        n = n + 1 + n // 64 -- every point early, then a sample
+      end
+      assert.is_true(failed > 10, name)
+    end
+    os.remove(path)
+  end)
+
   it("a process that exited cannot be mapped", function()
     local t3 = helpers.start_target()
     local p3 = rmem.open(t3.pid)

@@ -31,6 +31,7 @@
 /* A level of the scan stops growing here (its edges): the rest is dropped
  * and the result says it was truncated. */
 #define LEVEL_MAX ((size_t)1 << 22)
+#define DEPTH_MAX 16
 /* The radix sort's digits are at most this wide: 2,048 buckets, whose
  * counters and write positions stay in the first-level cache. */
 #define DIGIT_MAX 11
@@ -515,6 +516,19 @@ static uint64_t get_u64(const unsigned char *b) {
   return (uint64_t)get_u32(b) | (uint64_t)get_u32(b + 4) << 32;
 }
 
+/* A map file being read, closed by __close (or __gc) whatever happens. */
+typedef struct mapfile {
+  FILE *f;
+} mapfile;
+
+static int mapfile_close(lua_State *L) {
+  mapfile *mf = (mapfile *)luaL_checkudata(L, 1, FILE_META);
+  if (mf->f != NULL)
+    fclose(mf->f);
+  mf->f = NULL;
+  return 0;
+}
+
 static int file_fail(lua_State *L, FILE *f, const char *what, const char *path) {
   if (f != NULL)
     fclose(f);
@@ -565,58 +579,59 @@ static int map_load(lua_State *L) {
   uint64_t count, i;
   luaL_Buffer b;
   ptrmap *m;
-  FILE *f = fopen(path, "rb");
-  if (f == NULL)
+  FILE *f;
+  /* the file is closed when this returns or a Lua call in it raises */
+  mapfile *mf = (mapfile *)lua_newuserdatauv(L, sizeof *mf, 0);
+  mf->f = NULL;
+  luaL_setmetatable(L, FILE_META);
+  lua_toclose(L, -1);
+  if ((f = mf->f = fopen(path, "rb")) == NULL)
     return file_fail(L, NULL, "cannot be opened", path);
   if (fread(head, 1, 20, f) != 20 || memcmp(head, FILE_MAGIC, 8) != 0)
-    return file_fail(L, f, "not an rmem pointer map", path);
+    return file_fail(L, NULL, "not an rmem pointer map", path);
   version = get_u32(head + 8);
   bits = get_u32(head + 12);
   hlen = get_u32(head + 16);
   if (version != FILE_VERSION) {
-    fclose(f);
     lua_pushnil(L);
     lua_pushfstring(L, "%s: pointer map version %d (this rmem reads version %d)", path,
                     (int)version, (int)FILE_VERSION);
     return 2;
   }
   if ((bits != 32 && bits != 64) || hlen > (1u << 24))
-    return file_fail(L, f, "damaged header", path);
+    return file_fail(L, NULL, "damaged header", path);
   luaL_buffinit(L, &b);
   while (hlen > 0) {
     size_t k = hlen < sizeof pair ? hlen : sizeof pair;
     if (fread(pair, 1, k, f) != k)
-      return file_fail(L, f, "truncated", path);
+      return file_fail(L, NULL, "truncated", path);
     luaL_addlstring(&b, (const char *)pair, k);
     hlen -= (uint32_t)k;
   }
   luaL_pushresult(&b);
   if (fread(pair, 1, 8, f) != 8)
-    return file_fail(L, f, "truncated", path);
+    return file_fail(L, NULL, "truncated", path);
   count = get_u64(pair);
   if (count > UINT32_MAX)
-    return file_fail(L, f, "damaged header", path);
+    return file_fail(L, NULL, "damaged header", path);
   m = new_map(L, (int)bits);
   if (!resize(&m->addr, &m->capaddr, count ? (size_t)count : 1) ||
-      !resize(&m->val, &m->capval, count ? (size_t)count : 1)) {
-    fclose(f);
+      !resize(&m->val, &m->capval, count ? (size_t)count : 1))
     return luaL_error(L, "not enough memory for the pointer map");
-  }
   for (i = 0; i < count;) {
     size_t k = count - i < 256 ? (size_t)(count - i) : 256, j;
     if (fread(pair, 16, k, f) != k)
-      return file_fail(L, f, "truncated", path);
+      return file_fail(L, NULL, "truncated", path);
     for (j = 0; j < k; j++, i++) {
       m->addr[i] = get_u64(pair + 16 * j);
       m->val[i] = get_u64(pair + 16 * j + 8);
       if (i > 0 && m->addr[i] <= m->addr[i - 1])
-        return file_fail(L, f, "damaged (addresses out of order)", path);
+        return file_fail(L, NULL, "damaged (addresses out of order)", path);
     }
     m->n = (size_t)i;
   }
   if (fread(pair, 1, 1, f) != 0)
-    return file_fail(L, f, "has data after its pointers", path);
-  fclose(f);
+    return file_fail(L, NULL, "has data after its pointers", path);
   if (!finish(m))
     return luaL_error(L, "not enough memory for the pointer map");
   lua_insert(L, -2); /* map, header */
@@ -712,10 +727,22 @@ static int next_level(const ptrmap *m, const level *below, uint64_t max_offset, 
   return 1;
 }
 
-static void free_level(level *lv) {
-  free(lv->nodes);
-  free(lv->first);
-  free(lv->edges);
+/* The levels of a scan, a userdata: closed (their buffers freed) when the
+ * scan returns or a Lua call in it raises. */
+typedef struct levels {
+  level lv[DEPTH_MAX + 1]; /* level 0 is the target */
+} levels;
+
+static int levels_close(lua_State *L) {
+  levels *ls = (levels *)luaL_checkudata(L, 1, SCAN_META);
+  int k;
+  for (k = 0; k <= DEPTH_MAX; k++) {
+    free(ls->lv[k].nodes);
+    free(ls->lv[k].first);
+    free(ls->lv[k].edges);
+  }
+  memset(ls, 0, sizeof *ls);
+  return 0;
 }
 
 typedef struct scan {
@@ -798,7 +825,7 @@ static int core_ptrscan(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TTABLE);
   luaL_checktype(L, 4, LUA_TTABLE);
-  luaL_argcheck(L, depth >= 1 && depth <= 16, 5, "depth must be 1 to 16");
+  luaL_argcheck(L, depth >= 1 && depth <= DEPTH_MAX, 5, "depth must be 1 to 16");
   luaL_argcheck(L, max_offset >= 0 && max_offset <= (lua_Integer)UINT32_MAX, 6,
                 "max_offset must be 0 to 0xFFFFFFFF");
   luaL_argcheck(L, limit >= 0, 7, "limit must not be negative");
@@ -815,8 +842,10 @@ static int core_ptrscan(lua_State *L) {
   s.targets = (uint64_t *)lua_newuserdatauv(L, s.nmaps * sizeof *s.targets, 0);
   s.bases = (uint64_t *)lua_newuserdatauv(L, (s.nmaps * s.nmod + 1) * sizeof *s.bases, 0);
   statics = (uint64_t *)lua_newuserdatauv(L, (2 * nstatic + 1) * sizeof *statics, 0);
-  s.levels = (level *)lua_newuserdatauv(L, ((size_t)depth + 1) * sizeof *s.levels, 0);
-  memset(s.levels, 0, ((size_t)depth + 1) * sizeof *s.levels);
+  s.levels = ((levels *)lua_newuserdatauv(L, sizeof(levels), 0))->lv;
+  memset(s.levels, 0, sizeof(levels));
+  luaL_setmetatable(L, SCAN_META);
+  lua_toclose(L, -1);
   for (i = 0; i < s.nmaps; i++) {
     size_t j;
     lua_rawgeti(L, 1, (lua_Integer)i + 1);
@@ -874,8 +903,6 @@ static int core_ptrscan(lua_State *L) {
         walk(&s, k, a, k, mod, lv->nodes[a] - lo);
     }
   }
-  for (k = 0; k <= depth; k++)
-    free_level(&s.levels[k]);
   if (!ok)
     return luaL_error(L, "not enough memory for the pointer scan");
   lua_pushvalue(L, s.result);
@@ -901,8 +928,23 @@ static const luaL_Reg map_metamethods[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg file_metamethods[] = {
+  {"__gc", mapfile_close},
+  {"__close", mapfile_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg levels_metamethods[] = {
+  {"__gc", levels_close},
+  {"__close", levels_close},
+  {NULL, NULL}
+};
+
 void rm_ptrmap_open(lua_State *L) {
+  static const luaL_Reg none[] = {{NULL, NULL}};
   rmem_createmeta(L, MAP_META, map_metamethods, map_methods);
+  rmem_createmeta(L, FILE_META, file_metamethods, none);
+  rmem_createmeta(L, SCAN_META, levels_metamethods, none);
   lua_pushcfunction(L, map_new);
   lua_setfield(L, -2, "ptrmap");
   lua_pushcfunction(L, map_load);
