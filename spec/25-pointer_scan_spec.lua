@@ -182,6 +182,35 @@ describe("pointer scan", function()
     assert.equal("rmem.PointerMap (closed)", tostring(closed))
   end)
 
+  -- A map file made here: the values' spread decides how they are sorted
+  -- (packed with their index in 64 bits, or not: 62 bits of spread).
+  it("finds every pointer whatever the spread of the values", function()
+    local path = tmpname()
+    for _, spread in ipairs { 12, 40, 62 } do
+      math.randomseed(spread)
+      local n, vals, pairs_ = 300, {}, {}
+      for i = 1, n do
+        vals[i] = math.random(0, (1 << spread) - 1) & ~7 | 0x100
+        pairs_[i] = string.pack("<I8I8", 0x1000 + 8 * (i - 1), vals[i])
+      end
+      local header = "rmem pointer map\nprocess\tmade\t1\nmodule\tm.bin\t4096\t65536\t65536"
+      local f = assert(io.open(path, "wb"))
+      f:write("RMEMPTRS", string.pack("<I4I4I4", 1, 64, #header), header, string.pack("<I8", n),
+        table.concat(pairs_))
+      f:close()
+      local m <close> = rmem.load_pointer_map(path)
+      for i = 1, n do
+        local chains = rmem.pointer_scan { map = m, target = vals[i] + 5, depth = 1, max_offset = 16 }
+        local want = ("m.bin+0x%X -> 0x5"):format(8 * (i - 1))
+        local seen = {}
+        for k, c in ipairs(chains) do seen[k] = tostring(c) end
+        assert.is_true(#chains >= 1 and table.concat(seen, ","):find(want, 1, true) ~= nil,
+          ("spread %d: %s missing from {%s}"):format(spread, want, table.concat(seen, ", ")))
+      end
+    end
+    os.remove(path)
+  end)
+
   -- Every Lua call that can raise (a table, a string, a userdata) fails in
   -- turn: the C code's buffers must still be freed. ASan counts the bytes.
   helpers.linux_it("leaks nothing when Lua runs out of memory midway", function()
