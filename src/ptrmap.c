@@ -63,9 +63,10 @@ typedef struct ptrmap {
 /* ---- large arrays ---------------------------------------------------------------
  * The pairs, their keys, the index and the sort's buffers: tens of MB for
  * a big process, written once each. On Linux they are mappings of their
- * own in huge pages where the kernel has them (a fresh 4 KiB page costs a
- * fault: 24,000 of them for 4 Mi pointers, half the time of the map), and
- * grow with mremap (no copy). Elsewhere malloc. */
+ * own, in huge pages where the kernel gives them (a fresh 4 KiB page costs
+ * a fault: 24,000 of them for 4 Mi pointers took 30 of the map's 100 ms;
+ * the first huge pages a process gets can cost more, once), grown with
+ * mremap (no copy). Elsewhere malloc. */
 
 #ifdef __linux__
 static void *big_resize(void *old, size_t oldbytes, size_t bytes) {
