@@ -230,8 +230,9 @@ describe("pointer scan", function()
       while true do
         local ok, msg, leaked = helpers.testproc.failing_alloc(prefix .. code, n, package.path,
           package.cpath)
+        -- (below 0 only if another thread freed memory meanwhile)
         if leaked then
-          assert.equal(0, leaked, ("%s, failing after %d allocations (%s): %d bytes leaked"):format(
+          assert.is_true(leaked <= 0, ("%s, failing after %d allocations (%s): %d bytes leaked"):format(
             name, n, msg, leaked))
         end
         if ok then break end
