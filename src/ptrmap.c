@@ -63,10 +63,11 @@ typedef struct ptrmap {
 /* ---- large arrays ---------------------------------------------------------------
  * The pairs, their keys, the index and the sort's buffers: tens of MB for
  * a big process, written once each. On Linux they are mappings of their
- * own, in huge pages where the kernel gives them (a fresh 4 KiB page costs
- * a fault: 24,000 of them for 4 Mi pointers took 30 of the map's 100 ms;
- * the first huge pages a process gets can cost more, once), grown with
- * mremap (no copy). Elsewhere malloc. */
+ * own, in huge pages where the kernel gives them, grown with mremap (no
+ * copy). Measured in a VM for 4 Mi pointers: 160 ms a map in 4 KiB pages
+ * (37,000 faults), 95 ms in huge pages; but huge pages the kernel hands out
+ * for the first time in a while cost more (that map: 0.1-0.5 s, memory the
+ * host had not backed yet). Elsewhere malloc. */
 
 #ifdef __linux__
 static void *big_resize(void *old, size_t oldbytes, size_t bytes) {
