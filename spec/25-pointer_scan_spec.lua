@@ -182,6 +182,69 @@ describe("pointer scan", function()
     assert.equal("rmem.PointerMap (closed)", tostring(closed))
   end)
 
+  -- A map file made here: the values' spread decides how they are sorted
+  -- (packed with their index in 64 bits, or not: 62 bits of spread).
+  it("finds every pointer whatever the spread of the values", function()
+    local path = tmpname()
+    for _, spread in ipairs { 12, 40, 62 } do
+      math.randomseed(spread)
+      local n, vals, pairs_ = 300, {}, {}
+      for i = 1, n do
+        vals[i] = math.random(0, (1 << spread) - 1) & ~7 | 0x100
+        pairs_[i] = string.pack("<I8I8", 0x1000 + 8 * (i - 1), vals[i])
+      end
+      local header = "rmem pointer map\nprocess\tmade\t1\nmodule\tm.bin\t4096\t65536\t65536"
+      local f = assert(io.open(path, "wb"))
+      f:write("RMEMPTRS", string.pack("<I4I4I4", 1, 64, #header), header, string.pack("<I8", n),
+        table.concat(pairs_))
+      f:close()
+      local m <close> = rmem.load_pointer_map(path)
+      for i = 1, n do
+        local chains = rmem.pointer_scan { map = m, target = vals[i] + 5, depth = 1, max_offset = 16 }
+        local want = ("m.bin+0x%X -> 0x5"):format(8 * (i - 1))
+        local seen = {}
+        for k, c in ipairs(chains) do seen[k] = tostring(c) end
+        assert.is_true(#chains >= 1 and table.concat(seen, ","):find(want, 1, true) ~= nil,
+          ("spread %d: %s missing from {%s}"):format(spread, want, table.concat(seen, ", ")))
+      end
+    end
+    os.remove(path)
+  end)
+
+  -- Every Lua call that can raise (a table, a string, a userdata) fails in
+  -- turn: the C code's buffers must still be freed. ASan counts the bytes.
+  helpers.linux_it("leaks nothing when Lua runs out of memory midway", function()
+    local path = tmpname()
+    map:save(path)
+    local prefix = ("local rmem = require 'rmem'; local path, pid, value = %q, %d, %d\n"):format(
+      path, p.pid, value)
+    local cases = {
+      load = "return function() rmem.load_pointer_map(path):close() end",
+      scan = [[local m = rmem.load_pointer_map(path)
+        return function() rmem.pointer_scan { map = m, target = value, depth = 3, limit = 200 } end]],
+      map = [[local q = rmem.open(pid)
+        return function() q:pointer_map():close() end]],
+    }
+    for name, code in pairs(cases) do
+      local n, failed = 0, 0
+      while true do
+        local ok, msg, leaked = helpers.testproc.failing_alloc(prefix .. code, n, package.path,
+          package.cpath)
+        -- (below 0 only if another thread freed memory meanwhile)
+        if leaked then
+          assert.is_true(leaked <= 0, ("%s, failing after %d allocations (%s): %d bytes leaked"):format(
+            name, n, msg, leaked))
+        end
+        if ok then break end
+        assert.truthy(msg:match("not enough memory"), name .. ": " .. msg)
+        failed = failed + 1
+        n = n + 1 + n // 64 -- every point early, then a sample
+      end
+      assert.is_true(failed > 10, name)
+    end
+    os.remove(path)
+  end)
+
   it("a process that exited cannot be mapped", function()
     local t3 = helpers.start_target()
     local p3 = rmem.open(t3.pid)

@@ -9,6 +9,10 @@
  * max_offset) reach the target. Chains start at static addresses (inside a
  * module), shortest first.
  */
+#ifdef __linux__
+#define _GNU_SOURCE /* mremap */
+#include <sys/mman.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,25 +24,110 @@
 #include "ptrmap.h"
 
 #define MAP_META "rmem.core.ptrmap"
+#define FILE_META "rmem.core.ptrmap_file"
+#define SCAN_META "rmem.core.ptrscan_levels"
 #define FILE_MAGIC "RMEMPTRS"
 #define FILE_VERSION 1u
 /* A level of the scan stops growing here (its edges): the rest is dropped
  * and the result says it was truncated. */
 #define LEVEL_MAX ((size_t)1 << 22)
+#define DEPTH_MAX 16
+/* The radix sort's digits are at most this wide: 8,192 buckets, whose
+ * 32-bit counters stay in the first-level cache; 4 Mi pointers into 256 MiB
+ * (25 bits) take two passes (measured: a little faster than three of 11). */
+#define DIGIT_MAX 13
+#define PASS_MAX 5 /* ceil(64 / DIGIT_MAX) */
 
+/* A committed region; key is the sum of the sizes of the regions below it,
+ * so that a value's key (key + value - lo) numbers the committed bytes
+ * without the gaps between regions: fewer bits to sort than the values. */
 typedef struct range {
-  uint64_t lo, hi;
+  uint64_t lo, size, key;
 } range;
 
 typedef struct ptrmap {
   int bits;                /* 32 or 64: the pointer size of the process */
   range *targets;          /* committed regions, while building */
-  size_t ntargets, captargets;
+  size_t ntargets, captargets, hint;
   uint64_t *addr, *val;    /* the pairs, in address order */
-  size_t n, cap;
+  uint64_t *key;           /* the values' keys, while building */
+  size_t n, cap;           /* cap: the room in all three arrays */
+  size_t capaddr, capval, capkey;
+  uint64_t any, all;       /* the keys or'ed and and'ed: the bits they differ in */
+  int numbered;            /* the regions' keys are set: no more regions */
   uint32_t *byval;         /* indices of the pairs in value order */
+  size_t nbyval;           /* its size (n, or 1) */
   int finished;
 } ptrmap;
+
+/* ---- large arrays ---------------------------------------------------------------
+ * The pairs, their keys, the index and the sort's buffers: tens of MB for
+ * a big process, written once each. On Linux they are mappings of their
+ * own, in huge pages where the kernel gives them, grown with mremap (no
+ * copy). Measured in a VM for 4 Mi pointers: 160 ms a map in 4 KiB pages
+ * (37,000 faults), 95 ms in huge pages; but huge pages the kernel hands out
+ * for the first time in a while cost more (that map: 0.1-0.5 s, memory the
+ * host had not backed yet). Elsewhere malloc. */
+
+#ifdef __linux__
+static void *big_resize(void *old, size_t oldbytes, size_t bytes) {
+  void *p = old ? mremap(old, oldbytes, bytes, MREMAP_MAYMOVE)
+                : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+  if (p == MAP_FAILED)
+    return NULL;
+  madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without it, small pages */
+  return p;
+}
+
+static void big_free(void *p, size_t bytes) {
+  if (p != NULL)
+    munmap(p, bytes);
+}
+
+/* Gives back the end of an array, in place (shrinking a mapping cannot
+ * fail but for bad arguments). */
+static void big_shrink(void *p, size_t oldbytes, size_t bytes) {
+  if (p != NULL)
+    mremap(p, oldbytes, bytes, 0);
+}
+
+/* Address space is cheap here: room for a pointer in every slot of the
+ * committed memory at once, and no growing. */
+#define RESERVE_ALL 1
+#else
+static void *big_resize(void *old, size_t oldbytes, size_t bytes) {
+  (void)oldbytes;
+  return realloc(old, bytes);
+}
+
+static void big_free(void *p, size_t bytes) {
+  (void)bytes;
+  free(p);
+}
+
+/* Arrays grew by doubling here: at most half of one is spare. */
+static void big_shrink(void *p, size_t oldbytes, size_t bytes) {
+  (void)p;
+  (void)oldbytes;
+  (void)bytes;
+}
+
+#define RESERVE_ALL 0
+#endif
+
+static void *big_alloc(size_t bytes) { return big_resize(NULL, 0, bytes); }
+
+/* Sets the capacity of the array *a, now *cap items, to want items; 0: out
+ * of memory (the array is as it was). */
+static int resize(uint64_t **a, size_t *cap, size_t want) {
+  uint64_t *p = (uint64_t *)big_resize(*a, *cap * sizeof *p, want * sizeof *p);
+  if (p == NULL)
+    return 0;
+  *a = p;
+  *cap = want;
+  return 1;
+}
 
 static ptrmap *check_map(lua_State *L, int arg) {
   ptrmap *m = (ptrmap *)luaL_checkudata(L, arg, MAP_META);
@@ -47,11 +136,20 @@ static ptrmap *check_map(lua_State *L, int arg) {
   return m;
 }
 
-static void map_release(ptrmap *m) {
+/* Frees what only building needs. */
+static void release_building(ptrmap *m) {
   free(m->targets);
-  free(m->addr);
-  free(m->val);
-  free(m->byval);
+  big_free(m->key, m->capkey * sizeof *m->key);
+  m->targets = NULL;
+  m->key = NULL;
+  m->ntargets = m->captargets = 0;
+}
+
+static void map_release(ptrmap *m) {
+  release_building(m);
+  big_free(m->addr, m->capaddr * sizeof *m->addr);
+  big_free(m->val, m->capval * sizeof *m->val);
+  big_free(m->byval, m->nbyval * sizeof *m->byval);
   memset(m, 0, sizeof *m);
 }
 
@@ -59,6 +157,7 @@ static ptrmap *new_map(lua_State *L, int bits) {
   ptrmap *m = (ptrmap *)lua_newuserdatauv(L, sizeof(ptrmap), 0);
   memset(m, 0, sizeof *m);
   m->bits = bits;
+  m->all = ~(uint64_t)0;
   luaL_setmetatable(L, MAP_META);
   return m;
 }
@@ -71,14 +170,21 @@ static int map_new(lua_State *L) {
   return 1;
 }
 
-/* m:target(lo, hi): values in [lo, hi) are pointers (a committed region) */
+/* m:target(lo, hi): values in [lo, hi) are pointers (a committed region);
+ * all of them before the first memory is added */
 static int map_target(lua_State *L) {
   ptrmap *m = check_map(L, 1);
   lua_Integer lo = luaL_checkinteger(L, 2), hi = luaL_checkinteger(L, 3);
+  range *last = m->ntargets ? &m->targets[m->ntargets - 1] : NULL;
   luaL_argcheck(L, !m->finished, 1, "the pointer map is finished");
+  luaL_argcheck(L, !m->numbered, 1, "target ranges must come before the memory");
   luaL_argcheck(L, lo >= 0 && hi > lo, 3, "need 0 <= lo < hi");
-  luaL_argcheck(L, m->ntargets == 0 || (uint64_t)lo >= m->targets[m->ntargets - 1].hi, 2,
+  luaL_argcheck(L, last == NULL || (uint64_t)lo >= last->lo + last->size, 2,
                 "target ranges must ascend");
+  if (last && last->lo + last->size == (uint64_t)lo) {
+    last->size += (uint64_t)(hi - lo); /* adjacent regions merge */
+    return 0;
+  }
   if (m->ntargets == m->captargets) {
     size_t cap = m->captargets ? m->captargets * 2 : 64;
     range *grown = (range *)realloc(m->targets, cap * sizeof *grown);
@@ -87,62 +193,85 @@ static int map_target(lua_State *L) {
     m->targets = grown;
     m->captargets = cap;
   }
-  if (m->ntargets && m->targets[m->ntargets - 1].hi == (uint64_t)lo)
-    m->targets[m->ntargets - 1].hi = (uint64_t)hi; /* adjacent regions merge */
-  else {
-    m->targets[m->ntargets].lo = (uint64_t)lo;
-    m->targets[m->ntargets].hi = (uint64_t)hi;
-    m->ntargets++;
-  }
+  m->targets[m->ntargets].lo = (uint64_t)lo;
+  m->targets[m->ntargets].size = (uint64_t)(hi - lo);
+  m->ntargets++;
   return 0;
 }
 
-static int is_target(const ptrmap *m, uint64_t v) {
+/* The number of bits needed to write v. */
+static int bit_length(uint64_t v) {
+  int b = 0;
+  while (v >> b && b < 64)
+    b++;
+  return b;
+}
+
+/* Numbers the committed bytes: called once, when the first memory is
+ * added. */
+static void number_targets(ptrmap *m) {
+  uint64_t total = 0;
+  size_t i;
+  for (i = 0; i < m->ntargets; i++) {
+    m->targets[i].key = total;
+    total += m->targets[i].size;
+  }
+  m->numbered = 1;
+}
+
+/* The region holding v, or NULL. */
+static const range *region_of(const ptrmap *m, uint64_t v) {
   size_t lo = 0, hi = m->ntargets;
-  while (lo < hi) {
+  while (lo < hi) { /* the first region starting above v */
     size_t mid = lo + (hi - lo) / 2;
-    if (v >= m->targets[mid].hi)
+    if (m->targets[mid].lo <= v)
       lo = mid + 1;
     else
       hi = mid;
   }
-  return lo < m->ntargets && v >= m->targets[lo].lo;
+  if (lo == 0 || v - m->targets[lo - 1].lo >= m->targets[lo - 1].size)
+    return NULL;
+  return &m->targets[lo - 1];
 }
 
-static int push_pair(ptrmap *m, uint64_t a, uint64_t v) {
-  if (m->n == m->cap) {
-    size_t cap = m->cap ? m->cap * 2 : 4096;
-    uint64_t *ga = (uint64_t *)realloc(m->addr, cap * sizeof *ga), *gv;
-    if (ga == NULL)
-      return 0;
-    m->addr = ga;
-    if ((gv = (uint64_t *)realloc(m->val, cap * sizeof *gv)) == NULL)
-      return 0;
-    m->val = gv;
-    m->cap = cap;
-  }
-  m->addr[m->n] = a;
-  m->val[m->n] = v;
-  m->n++;
+static int reserve_pairs(ptrmap *m, size_t cap) {
+  if (!resize(&m->addr, &m->capaddr, cap) || !resize(&m->val, &m->capval, cap) ||
+      !resize(&m->key, &m->capkey, cap))
+    return 0;
+  m->cap = cap;
   return 1;
 }
 
-int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n, uint64_t base) {
-  ptrmap *m = check_map(L, arg);
-  size_t step, i, before = m->n;
-  uint64_t first, last;
-  luaL_argcheck(L, !m->finished, arg, "the pointer map is finished");
-  luaL_argcheck(L, m->n == 0 || base > m->addr[m->n - 1], arg - 1,
-                "memory must be added in ascending order");
-  if (m->ntargets == 0)
-    return 0;
-  step = (size_t)m->bits / 8;
-  first = m->targets[0].lo;
-  last = m->targets[m->ntargets - 1].hi;
+/* Makes room for more pairs: at first for as many as the committed memory
+ * has slots where address space is cheap (or 64 Ki where it is not, or
+ * when reserving that failed), then twice as many. */
+static int grow_pairs(ptrmap *m) {
+  if (m->cap == 0 && RESERVE_ALL) {
+    const range *last = &m->targets[m->ntargets - 1];
+    uint64_t slots = (last->key + last->size) / ((uint64_t)m->bits / 8);
+    if (slots > 65536 && slots < SIZE_MAX / sizeof *m->addr && reserve_pairs(m, (size_t)slots))
+      return 1;
+  }
+  return reserve_pairs(m, m->cap ? m->cap * 2 : 65536);
+}
+
+/* Adds the pointers in data to m; 0: out of memory. The loop runs once
+ * for every slot of the process's memory: m's fields are kept in locals,
+ * which the stores through m's arrays would otherwise make it reload. */
+static int collect(ptrmap *m, const unsigned char *data, size_t len, uint64_t base) {
+  const size_t step = (size_t)m->bits / 8;
+  const uint64_t first = m->targets[0].lo;
+  const uint64_t span = m->targets[m->ntargets - 1].lo + m->targets[m->ntargets - 1].size - first;
+  /* the last region found is tried first: pointers come in runs into the
+   * same heap */
+  const range *hint = &m->targets[m->hint];
+  uint64_t *addr = m->addr, *val = m->val, *key = m->key, any = m->any, all = m->all;
+  size_t n = m->n, cap = m->cap;
   /* the first aligned slot at or after base */
-  i = (size_t)((step - base % step) % step);
-  for (; i + step <= n; i += step) {
-    uint64_t v;
+  size_t i = (size_t)((step - base % step) % step);
+  for (; i + step <= len; i += step) {
+    uint64_t v, k;
+    const range *r = hint;
     if (step == 8) {
       memcpy(&v, data + i, 8);
     } else {
@@ -151,81 +280,145 @@ int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n
       v = v32;
     }
     /* most values (zeros, small numbers, text) fail the first test */
-    if (v < first || v >= last || !is_target(m, v))
+    if (v - first >= span)
       continue;
-    if (!push_pair(m, base + i, v))
-      return luaL_error(L, "not enough memory for the pointer map");
+    if (v - r->lo >= r->size) {
+      if ((r = region_of(m, v)) == NULL)
+        continue;
+      hint = r;
+    }
+    if (n == cap) {
+      m->n = n;
+      m->any = any;
+      m->all = all;
+      if (!grow_pairs(m))
+        return 0;
+      addr = m->addr;
+      val = m->val;
+      key = m->key;
+      cap = m->cap;
+    }
+    k = r->key + (v - r->lo);
+    addr[n] = base + i;
+    val[n] = v;
+    key[n] = k;
+    n++;
+    any |= k;
+    all &= k;
   }
+  m->n = n;
+  m->any = any;
+  m->all = all;
+  m->hint = (size_t)(hint - m->targets);
+  return 1;
+}
+
+int rm_ptrmap_collect(lua_State *L, int arg, const unsigned char *data, size_t n, uint64_t base) {
+  ptrmap *m = check_map(L, arg);
+  size_t before = m->n;
+  luaL_argcheck(L, !m->finished, arg, "the pointer map is finished");
+  luaL_argcheck(L, m->n == 0 || base > m->addr[m->n - 1], arg - 1,
+                "memory must be added in ascending order");
+  if (m->ntargets == 0)
+    return 0;
+  if (!m->numbered)
+    number_targets(m);
+  if (!collect(m, data, n, base))
+    return luaL_error(L, "not enough memory for the pointer map");
   return (int)(m->n - before > (size_t)INT32_MAX ? INT32_MAX : m->n - before);
 }
 
-/* A key and the index of its pair, sorted together so that each pass of
- * the sort reads its keys in order instead of through the index. */
-typedef struct keyed {
-  uint64_t key, idx;
-} keyed;
-
-/* Sets idx[0..n) to the indices of val in value order, ties by index: an
- * LSD radix sort (stable) over 16-bit digits, only over the bits in which
- * the values differ (pointers share their top bits and their low three). */
-static int sort_by_value(const uint64_t *val, uint32_t *idx, size_t n) {
-  keyed *a = (keyed *)malloc((n ? n : 1) * sizeof *a), *b = (keyed *)malloc((n ? n : 1) * sizeof *b);
-  size_t *count = (size_t *)malloc(65536 * sizeof *count), i;
-  uint64_t any = 0, all = ~(uint64_t)0, differ;
-  int shift, low = 0, high = 0;
-  if (a == NULL || b == NULL || count == NULL) {
-    free(a);
-    free(b);
+/* Sets m->byval to the indices of the pairs in value order, ties by index:
+ * an LSD radix sort (stable) of the keys (for a map read from a file, the
+ * values), over only the bits in which they differ, in as few digits as
+ * DIGIT_MAX allows. An item is the key above the index when both fit in 64
+ * bits (each pass then reads its keys in order), else the index alone, its
+ * key read through it. A digit that is the same in every key is skipped. */
+static int sort_by_value(ptrmap *m) {
+  const size_t n = m->n;
+  const uint64_t *keys = m->key ? m->key : m->val, differ = m->any ^ m->all;
+  const int ib = bit_length(n - 1);
+  int low = 0, bits, npass, width, packed, pass[PASS_MAX], np = 0, j;
+  size_t nd, mask, i;
+  uint32_t *count;
+  uint64_t *tmp, *other = NULL, *src = NULL, *dst, idxmask = ib ? ~(uint64_t)0 >> (64 - ib) : 0;
+  if (differ == 0) { /* one value (or none) */
+    for (i = 0; i < n; i++)
+      m->byval[i] = (uint32_t)i;
+    return 1;
+  }
+  while (!(differ >> low & 1))
+    low++;
+  bits = bit_length(differ >> low);
+  npass = (bits + DIGIT_MAX - 1) / DIGIT_MAX;
+  width = (bits + npass - 1) / npass;
+  nd = (size_t)1 << width;
+  mask = nd - 1;
+  packed = bits + ib <= 64;
+  /* the counts fit: a map has at most 2^32 - 1 pointers */
+  count = (uint32_t *)calloc((size_t)npass << width, sizeof *count);
+  tmp = (uint64_t *)big_alloc(n * sizeof *tmp);
+  if (!packed || m->key == NULL) /* the keys must stay, or are the values */
+    other = (uint64_t *)big_alloc(n * sizeof *other);
+  if (count == NULL || tmp == NULL || ((!packed || m->key == NULL) && other == NULL)) {
     free(count);
+    big_free(tmp, n * sizeof *tmp);
     return 0;
   }
-  for (i = 0; i < n; i++) {
-    a[i].key = val[i];
-    a[i].idx = i;
-    any |= val[i];
-    all &= val[i];
+  for (i = 0; i < n; i++) { /* every digit's counts in one read */
+    uint64_t k = keys[i] >> low;
+    for (j = 0; j < npass; j++)
+      count[((size_t)j << width) + (size_t)(k >> (j * width) & mask)]++;
   }
-  differ = any ^ all;
-  while (low < 64 && !(differ >> low & 1))
-    low++;
-  for (high = low; high < 64 && differ >> high; high++)
-    ;
-  for (shift = low; shift < high; shift += 16) {
-    size_t sum = 0;
-    keyed *t;
-    memset(count, 0, 65536 * sizeof *count);
-    for (i = 0; i < n; i++)
-      count[(a[i].key >> shift) & 65535]++;
-    for (i = 0; i < 65536; i++) {
-      size_t c = count[i];
-      count[i] = sum;
-      sum += c;
+  for (j = 0; j < npass; j++) {
+    const uint32_t *c = count + ((size_t)j << width);
+    for (i = 0; i < nd && c[i] != n; i++)
+      ;
+    if (i == nd) /* the keys differ in this digit */
+      pass[np++] = j;
+  }
+  dst = tmp;
+  for (j = 0; j < np; j++) {
+    int shift = pass[j] * width, last = j == np - 1;
+    uint32_t *c = count + ((size_t)pass[j] << width), sum = 0;
+    for (i = 0; i < nd; i++) {
+      uint32_t k = c[i];
+      c[i] = sum;
+      sum += k;
     }
-    for (i = 0; i < n; i++)
-      b[count[(a[i].key >> shift) & 65535]++] = a[i];
-    t = a;
-    a = b;
-    b = t;
+    for (i = 0; i < n; i++) {
+      uint64_t item = src ? src[i] : packed ? (keys[i] >> low) << ib | i : i;
+      uint64_t k = packed ? item >> ib : keys[item] >> low;
+      uint32_t at = c[k >> shift & mask]++;
+      if (last)
+        m->byval[at] = (uint32_t)(item & (packed ? idxmask : ~(uint64_t)0));
+      else
+        dst[at] = item;
+    }
+    src = dst;
+    dst = dst == tmp ? (other ? other : m->key) : tmp;
   }
-  for (i = 0; i < n; i++)
-    idx[i] = (uint32_t)a[i].idx;
-  free(a);
-  free(b);
   free(count);
+  big_free(tmp, n * sizeof *tmp);
+  big_free(other, n * sizeof *other);
   return 1;
 }
 
 static int finish(ptrmap *m) {
-  if ((m->byval = (uint32_t *)malloc((m->n ? m->n : 1) * sizeof *m->byval)) == NULL)
+  m->nbyval = m->n ? m->n : 1;
+  if ((m->byval = (uint32_t *)big_alloc(m->nbyval * sizeof *m->byval)) == NULL)
     return 0;
-  if (!sort_by_value(m->val, m->byval, m->n)) {
-    free(m->byval);
+  if (m->n && !sort_by_value(m)) {
+    big_free(m->byval, m->nbyval * sizeof *m->byval);
     m->byval = NULL;
     return 0;
   }
-  free(m->targets);
-  m->targets = NULL;
-  m->ntargets = m->captargets = 0;
+  release_building(m);
+  if (m->n && m->n < m->cap) { /* the room reserved and not used */
+    big_shrink(m->addr, m->capaddr * sizeof *m->addr, m->n * sizeof *m->addr);
+    big_shrink(m->val, m->capval * sizeof *m->val, m->n * sizeof *m->val);
+    m->cap = m->capaddr = m->capval = m->n;
+  }
   m->finished = 1;
   return 1;
 }
@@ -314,6 +507,19 @@ static uint64_t get_u64(const unsigned char *b) {
   return (uint64_t)get_u32(b) | (uint64_t)get_u32(b + 4) << 32;
 }
 
+/* A map file being read, closed by __close (or __gc) whatever happens. */
+typedef struct mapfile {
+  FILE *f;
+} mapfile;
+
+static int mapfile_close(lua_State *L) {
+  mapfile *mf = (mapfile *)luaL_checkudata(L, 1, FILE_META);
+  if (mf->f != NULL)
+    fclose(mf->f);
+  mf->f = NULL;
+  return 0;
+}
+
 static int file_fail(lua_State *L, FILE *f, const char *what, const char *path) {
   if (f != NULL)
     fclose(f);
@@ -364,60 +570,61 @@ static int map_load(lua_State *L) {
   uint64_t count, i;
   luaL_Buffer b;
   ptrmap *m;
-  FILE *f = fopen(path, "rb");
-  if (f == NULL)
+  FILE *f;
+  /* the file is closed when this returns or a Lua call in it raises */
+  mapfile *mf = (mapfile *)lua_newuserdatauv(L, sizeof *mf, 0);
+  mf->f = NULL;
+  luaL_setmetatable(L, FILE_META);
+  lua_toclose(L, -1);
+  if ((f = mf->f = fopen(path, "rb")) == NULL)
     return file_fail(L, NULL, "cannot be opened", path);
   if (fread(head, 1, 20, f) != 20 || memcmp(head, FILE_MAGIC, 8) != 0)
-    return file_fail(L, f, "not an rmem pointer map", path);
+    return file_fail(L, NULL, "not an rmem pointer map", path);
   version = get_u32(head + 8);
   bits = get_u32(head + 12);
   hlen = get_u32(head + 16);
   if (version != FILE_VERSION) {
-    fclose(f);
     lua_pushnil(L);
     lua_pushfstring(L, "%s: pointer map version %d (this rmem reads version %d)", path,
                     (int)version, (int)FILE_VERSION);
     return 2;
   }
   if ((bits != 32 && bits != 64) || hlen > (1u << 24))
-    return file_fail(L, f, "damaged header", path);
+    return file_fail(L, NULL, "damaged header", path);
   luaL_buffinit(L, &b);
   while (hlen > 0) {
     size_t k = hlen < sizeof pair ? hlen : sizeof pair;
     if (fread(pair, 1, k, f) != k)
-      return file_fail(L, f, "truncated", path);
+      return file_fail(L, NULL, "truncated", path);
     luaL_addlstring(&b, (const char *)pair, k);
     hlen -= (uint32_t)k;
   }
   luaL_pushresult(&b);
   if (fread(pair, 1, 8, f) != 8)
-    return file_fail(L, f, "truncated", path);
+    return file_fail(L, NULL, "truncated", path);
   count = get_u64(pair);
   if (count > UINT32_MAX)
-    return file_fail(L, f, "damaged header", path);
+    return file_fail(L, NULL, "damaged header", path);
   m = new_map(L, (int)bits);
-  m->cap = (size_t)count ? (size_t)count : 1;
-  m->addr = (uint64_t *)malloc(m->cap * sizeof *m->addr);
-  m->val = (uint64_t *)malloc(m->cap * sizeof *m->val);
-  if (m->addr == NULL || m->val == NULL) {
-    fclose(f);
+  if (!resize(&m->addr, &m->capaddr, count ? (size_t)count : 1) ||
+      !resize(&m->val, &m->capval, count ? (size_t)count : 1))
     return luaL_error(L, "not enough memory for the pointer map");
-  }
   for (i = 0; i < count;) {
     size_t k = count - i < 256 ? (size_t)(count - i) : 256, j;
     if (fread(pair, 16, k, f) != k)
-      return file_fail(L, f, "truncated", path);
+      return file_fail(L, NULL, "truncated", path);
     for (j = 0; j < k; j++, i++) {
       m->addr[i] = get_u64(pair + 16 * j);
       m->val[i] = get_u64(pair + 16 * j + 8);
+      m->any |= m->val[i];
+      m->all &= m->val[i];
       if (i > 0 && m->addr[i] <= m->addr[i - 1])
-        return file_fail(L, f, "damaged (addresses out of order)", path);
+        return file_fail(L, NULL, "damaged (addresses out of order)", path);
     }
     m->n = (size_t)i;
   }
   if (fread(pair, 1, 1, f) != 0)
-    return file_fail(L, f, "has data after its pointers", path);
-  fclose(f);
+    return file_fail(L, NULL, "has data after its pointers", path);
   if (!finish(m))
     return luaL_error(L, "not enough memory for the pointer map");
   lua_insert(L, -2); /* map, header */
@@ -513,10 +720,22 @@ static int next_level(const ptrmap *m, const level *below, uint64_t max_offset, 
   return 1;
 }
 
-static void free_level(level *lv) {
-  free(lv->nodes);
-  free(lv->first);
-  free(lv->edges);
+/* The levels of a scan, a userdata: closed (their buffers freed) when the
+ * scan returns or a Lua call in it raises. */
+typedef struct levels {
+  level lv[DEPTH_MAX + 1]; /* level 0 is the target */
+} levels;
+
+static int levels_close(lua_State *L) {
+  levels *ls = (levels *)luaL_checkudata(L, 1, SCAN_META);
+  int k;
+  for (k = 0; k <= DEPTH_MAX; k++) {
+    free(ls->lv[k].nodes);
+    free(ls->lv[k].first);
+    free(ls->lv[k].edges);
+  }
+  memset(ls, 0, sizeof *ls);
+  return 0;
 }
 
 typedef struct scan {
@@ -599,7 +818,7 @@ static int core_ptrscan(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TTABLE);
   luaL_checktype(L, 4, LUA_TTABLE);
-  luaL_argcheck(L, depth >= 1 && depth <= 16, 5, "depth must be 1 to 16");
+  luaL_argcheck(L, depth >= 1 && depth <= DEPTH_MAX, 5, "depth must be 1 to 16");
   luaL_argcheck(L, max_offset >= 0 && max_offset <= (lua_Integer)UINT32_MAX, 6,
                 "max_offset must be 0 to 0xFFFFFFFF");
   luaL_argcheck(L, limit >= 0, 7, "limit must not be negative");
@@ -616,8 +835,10 @@ static int core_ptrscan(lua_State *L) {
   s.targets = (uint64_t *)lua_newuserdatauv(L, s.nmaps * sizeof *s.targets, 0);
   s.bases = (uint64_t *)lua_newuserdatauv(L, (s.nmaps * s.nmod + 1) * sizeof *s.bases, 0);
   statics = (uint64_t *)lua_newuserdatauv(L, (2 * nstatic + 1) * sizeof *statics, 0);
-  s.levels = (level *)lua_newuserdatauv(L, ((size_t)depth + 1) * sizeof *s.levels, 0);
-  memset(s.levels, 0, ((size_t)depth + 1) * sizeof *s.levels);
+  s.levels = ((levels *)lua_newuserdatauv(L, sizeof(levels), 0))->lv;
+  memset(s.levels, 0, sizeof(levels));
+  luaL_setmetatable(L, SCAN_META);
+  lua_toclose(L, -1);
   for (i = 0; i < s.nmaps; i++) {
     size_t j;
     lua_rawgeti(L, 1, (lua_Integer)i + 1);
@@ -675,8 +896,6 @@ static int core_ptrscan(lua_State *L) {
         walk(&s, k, a, k, mod, lv->nodes[a] - lo);
     }
   }
-  for (k = 0; k <= depth; k++)
-    free_level(&s.levels[k]);
   if (!ok)
     return luaL_error(L, "not enough memory for the pointer scan");
   lua_pushvalue(L, s.result);
@@ -702,8 +921,23 @@ static const luaL_Reg map_metamethods[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg file_metamethods[] = {
+  {"__gc", mapfile_close},
+  {"__close", mapfile_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg levels_metamethods[] = {
+  {"__gc", levels_close},
+  {"__close", levels_close},
+  {NULL, NULL}
+};
+
 void rm_ptrmap_open(lua_State *L) {
+  static const luaL_Reg none[] = {{NULL, NULL}};
   rmem_createmeta(L, MAP_META, map_metamethods, map_methods);
+  rmem_createmeta(L, FILE_META, file_metamethods, none);
+  rmem_createmeta(L, SCAN_META, levels_metamethods, none);
   lua_pushcfunction(L, map_new);
   lua_setfield(L, -2, "ptrmap");
   lua_pushcfunction(L, map_load);

@@ -16,6 +16,11 @@
  *   testproc.deny_perf()           -- perf_event_open fails with EACCES in this
  *                                  -- process from now on (a seccomp filter: for a
  *                                  -- child host, it cannot be undone)
+ *   testproc.failing_alloc(setup, n, path, cpath)
+ *       -- in a new Lua state whose allocator fails after n allocations:
+ *       -- runs setup (a chunk returning a function) with no limit, then that
+ *       -- function with the limit; returns ok, message, and the bytes the
+ *       -- whole process allocated and did not free (nil without ASan)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -39,6 +44,10 @@
 
 #include "lua.h"
 #include "lauxlib.h"
+#include "lualib.h"
+#ifdef __SANITIZE_ADDRESS__
+size_t __sanitizer_get_current_allocated_bytes(void); /* the ASan runtime's */
+#endif
 
 #define TARGET_META "testproc.target"
 
@@ -382,9 +391,72 @@ static int tp_deny_perf(lua_State *L) {
   return 0;
 }
 
+/* The allocations a failing state may still make; -1: no limit. */
+static long alloc_left = -1;
+
+static void *failing_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  /* growing fails once the budget is spent; shrinking never does */
+  if (alloc_left >= 0 && (ptr == NULL || nsize > osize)) {
+    if (alloc_left == 0)
+      return NULL;
+    alloc_left--;
+  }
+  return realloc(ptr, nsize);
+}
+
+static int tp_failing_alloc(lua_State *L) {
+  const char *setup = luaL_checkstring(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  const char *path = luaL_checkstring(L, 3), *cpath = luaL_checkstring(L, 4);
+  int ok;
+  char msg[256];
+  lua_State *F;
+#ifdef __SANITIZE_ADDRESS__
+  size_t before = __sanitizer_get_current_allocated_bytes();
+#endif
+  alloc_left = -1;
+  if ((F = lua_newstate(failing_alloc, NULL)) == NULL)
+    return luaL_error(L, "no Lua state");
+  luaL_openlibs(F);
+  lua_getglobal(F, "package");
+  lua_pushstring(F, path);
+  lua_setfield(F, -2, "path");
+  lua_pushstring(F, cpath);
+  lua_setfield(F, -2, "cpath");
+  lua_pop(F, 1);
+  if (luaL_loadstring(F, setup) != LUA_OK || lua_pcall(F, 0, 1, 0) != LUA_OK) {
+    lua_pushfstring(L, "setup: %s", lua_tostring(F, -1));
+    lua_close(F);
+    return lua_error(L);
+  }
+  alloc_left = (long)n;
+  ok = lua_pcall(F, 0, 0, 0) == LUA_OK;
+  alloc_left = -1;
+  /* nothing allocated in L until the count is taken */
+  snprintf(msg, sizeof msg, "%s", ok ? "" : lua_isstring(F, -1) ? lua_tostring(F, -1) : luaL_typename(F, -1));
+  lua_close(F);
+#ifdef __SANITIZE_ADDRESS__
+  before = __sanitizer_get_current_allocated_bytes() - before;
+  lua_pushboolean(L, ok);
+  lua_pushstring(L, msg);
+  lua_pushinteger(L, (lua_Integer)before);
+#else
+  lua_pushboolean(L, ok);
+  lua_pushstring(L, msg);
+  lua_pushnil(L);
+#endif
+  return 3;
+}
+
 static const luaL_Reg funcs[] = {
   {"setenv", tp_setenv},
   {"deny_perf", tp_deny_perf},
+  {"failing_alloc", tp_failing_alloc},
   {"debug_registers", tp_debug_registers},
   {"perf_events", tp_perf_events},
   {"sleep", tp_sleep},
