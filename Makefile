@@ -9,7 +9,7 @@ WIN_LUA  := -I$(WIN)/include -L$(WIN)/lib -llua54
 WIN_DLL  := $(WIN_CC) $(CFLAGS) -shared -DLUA_BUILD_AS_DLL
 
 CORE_SRC := src/core.c src/scan.c src/ptrmap.c src/valscan.c src/backend_win.c src/threads_win.c src/buffer.c \
-  src/freeze.c src/thread_win.c
+  src/freeze.c src/thread_win.c src/watch_win.c
 CORE_HDR := src/backend.h src/scan.h src/ptrmap.h src/valscan.h src/core.h src/watch.h
 
 # Linux: a plain build for users and the demo, and one under AddressSanitizer

@@ -42,7 +42,7 @@ local function make_platform(plat)
     windows = {
       sources = { "src/core.c", "src/backend_win.c", "src/scan.c", "src/ptrmap.c", "src/threads_win.c",
         "src/buffer.c", "src/freeze.c", "src/thread_win.c",
-        "src/valscan.c" },
+        "src/valscan.c", "src/watch_win.c" },
       libraries = { "kernel32", "advapi32" },
       incdirs = { "src" },
     },

@@ -300,6 +300,8 @@ helpers.describe_watch_methods("p:watch()", function(method)
     print(msg)
     assert.is_true(writes >= 5 * FLOOR, msg)
     assert.is_true(math.abs(seen + dropped - writes) <= writes // 100 + 10, msg)
+    -- Windows: a host thread drains the handler's ring every few ms
+    if helpers.windows then assert.is_true(dropped <= writes // 100, msg) end
     p:close()
     t:stop()
   end)

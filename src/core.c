@@ -634,6 +634,119 @@ static int h_debug_registers(lua_State *L) {
   return 1;
 }
 
+/* Windows: the handler's ring, drained by a host thread (watch.h, rw_ring) */
+#define RING_META "rmem.core.watch_ring"
+
+typedef struct lring {
+  rw_ring *r; /* NULL once freed */
+} lring;
+
+/* h:watch_ring(data, tail, nonce) -> the ring of the handler data at data */
+static int h_watch_ring(lua_State *L) {
+  uintptr_t data;
+  lua_Integer tail = luaL_checkinteger(L, 3), nonce = luaL_checkinteger(L, 4);
+  lring *lr;
+  rb_err e;
+  check_proc(L);
+  data = check_address(L, 2);
+  luaL_argcheck(L, tail >= 0, 3, "tail must not be negative");
+  lr = (lring *)lua_newuserdatauv(L, sizeof *lr, 0);
+  lr->r = NULL;
+  luaL_setmetatable(L, RING_META);
+  if ((e = rw_ring_new(data, (uint64_t)tail, (uint64_t)nonce, &lr->r)))
+    return os_fail(L, "watch", e);
+  return 1;
+}
+
+static rw_ring *check_ring(lua_State *L) {
+  lring *lr = (lring *)luaL_checkudata(L, 1, RING_META);
+  if (lr->r == NULL)
+    luaL_error(L, "attempt to use a freed watch ring");
+  return lr->r;
+}
+
+/* ring:start(h) -> true: drains from now on through a copy of h's handle */
+static int ring_start(lua_State *L) {
+  rb_err e = rw_ring_start(check_ring(L), proc_at(L, 2));
+  if (e)
+    return os_fail(L, "watch", e);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ring:stop(): idempotent, also on a freed ring */
+static int ring_stop(lua_State *L) {
+  lring *lr = (lring *)luaL_checkudata(L, 1, RING_META);
+  if (lr->r != NULL)
+    rw_ring_stop(lr->r);
+  return 0;
+}
+
+/* ring:take(h) -> { ip, tid, slots, count, ... }, { tid, gen, age_ms, clear, ... },
+ * dropped0, dropped1, dropped2, dropped3, dropped_age_ms (rw_ring_take) */
+static int ring_take(lua_State *L) {
+  rw_ring *r = check_ring(L);
+  rb_proc *p = proc_at(L, 2);
+  size_t hcap = 64, tcap = 64, nh, nt, i;
+  unsigned long long dropped[4];
+  unsigned long age;
+  rw_ring_hit *hits;
+  rw_ring_thread *threads;
+  rb_err e;
+  for (;;) {
+    /* userdata, so that an error frees them */
+    hits = (rw_ring_hit *)lua_newuserdatauv(L, hcap * sizeof *hits, 0);
+    threads = (rw_ring_thread *)lua_newuserdatauv(L, tcap * sizeof *threads, 0);
+    if ((e = rw_ring_take(r, p, hits, hcap, &nh, threads, tcap, &nt, dropped, &age)))
+      return os_fail(L, "hits", e);
+    if (nh <= hcap && nt <= tcap)
+      break;
+    lua_pop(L, 2);
+    hcap = nh + 64;
+    tcap = nt + 64;
+  }
+  lua_createtable(L, (int)(4 * nh), 0);
+  for (i = 0; i < nh; i++) {
+    set_index(L, 4 * i + 1, (lua_Integer)hits[i].ip);
+    set_index(L, 4 * i + 2, (lua_Integer)hits[i].tid);
+    set_index(L, 4 * i + 3, (lua_Integer)hits[i].slots);
+    set_index(L, 4 * i + 4, (lua_Integer)hits[i].count);
+  }
+  lua_createtable(L, (int)(4 * nt), 0);
+  for (i = 0; i < nt; i++) {
+    set_index(L, 4 * i + 1, (lua_Integer)threads[i].tid);
+    set_index(L, 4 * i + 2, (lua_Integer)threads[i].gen);
+    set_index(L, 4 * i + 3, (lua_Integer)threads[i].age_ms);
+    set_index(L, 4 * i + 4, threads[i].clear);
+  }
+  for (i = 0; i < 4; i++)
+    lua_pushinteger(L, (lua_Integer)dropped[i]);
+  lua_pushinteger(L, (lua_Integer)age);
+  return 7;
+}
+
+/* __gc: stops the thread and frees the tables; idempotent, never raises */
+static int ring_gc(lua_State *L) {
+  lring *lr = (lring *)luaL_checkudata(L, 1, RING_META);
+  rw_ring *r = lr->r;
+  lr->r = NULL;
+  rw_ring_free(r);
+  return 0;
+}
+
+static const luaL_Reg ring_methods[] = {
+  {"start", ring_start},
+  {"stop", ring_stop},
+  {"take", ring_take},
+  {NULL, NULL}
+};
+
+static const luaL_Reg ring_metamethods[] = {
+  {"__index", NULL}, /* the methods table */
+  {"__gc", ring_gc},
+  {NULL, NULL}
+};
+
 static const luaL_Reg watch_methods[] = {
   {"poll", w_poll},
   {"method", w_method},
@@ -650,6 +763,7 @@ static void create_watch_meta(lua_State *L) {
   luaL_newlib(L, watch_methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
+  rmem_createmeta(L, RING_META, ring_metamethods, ring_methods);
 }
 
 /* ---- module functions ------------------------------------------------------ */
@@ -1182,6 +1296,7 @@ static const luaL_Reg methods[] = {
   {"patch_code", h_patch_code},
   {"watch", h_watch},
   {"debug_registers", h_debug_registers},
+  {"watch_ring", h_watch_ring},
   {"pid", h_pid},
   {"bits", h_bits},
   {"name", h_name},

@@ -362,3 +362,28 @@ rb_err rb_debug_registers(rb_proc *p, const rb_dr_state *want, const unsigned lo
   *threads = 0;
   return ENOSYS;
 }
+
+/* Windows' handler ring (watch_win.c): Linux watches have the kernel's. */
+rb_err rw_ring_new(uintptr_t data, uint64_t tail, uint64_t nonce, rw_ring **out) {
+  (void)data, (void)tail, (void)nonce;
+  *out = NULL;
+  return ENOSYS;
+}
+
+rb_err rw_ring_start(rw_ring *r, const rb_proc *p) {
+  (void)r, (void)p;
+  return ENOSYS;
+}
+
+void rw_ring_stop(rw_ring *r) { (void)r; }
+
+rb_err rw_ring_take(rw_ring *r, rb_proc *p, rw_ring_hit *hits, size_t hcap, size_t *nhits,
+                    rw_ring_thread *threads, size_t tcap, size_t *nthreads,
+                    unsigned long long dropped[4], unsigned long *dropped_age) {
+  (void)r, (void)p, (void)hits, (void)hcap, (void)threads, (void)tcap, (void)dropped;
+  *nhits = *nthreads = 0;
+  *dropped_age = 0;
+  return ENOSYS;
+}
+
+void rw_ring_free(rw_ring *r) { (void)r; }

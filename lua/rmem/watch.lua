@@ -5,7 +5,8 @@
 -- vectored exception handler written into the target that records each
 -- hit into a ring in target memory, brings the thread's debug registers to
 -- what the host asked for, and resumes: the target never stops, and a host
--- that dies leaves a handler that keeps swallowing the hits.
+-- that dies leaves a handler that keeps swallowing the hits. A host thread
+-- (src/watch_win.c) drains the ring every few ms while a watch is open.
 --
 -- The CPU reports a data access after the instruction that made it: the
 -- instruction before is found by decoding forward from 64 starting points
@@ -107,13 +108,29 @@ end
 
 local function dr7_mask(slot) return 3 << 2 * slot | 0xF << 16 + 4 * slot end
 
---- Windows: the handler's record { base, data, tail, gen, queues, used,
--- want, ours, threads }: threads[tid] = { gen = the last generation it is
--- known to hold, seen = when it last hit (or was first armed), clear = none
--- of rmem's registers enabled on it }.
-local function record_of(base, nonce)
-  return { base = base, data = base + DATA, nonce = nonce, tail = 0, gen = 0, queues = {},
+--- Windows: the handler's record { base, data, ring, gen, queues, used,
+-- want, ours, threads }: ring drains the handler's ring from the entry
+-- `tail` on (rmem.core's watch_ring); threads[tid] = { gen = the last
+-- generation it is known to hold, seen = when it last hit (or was first
+-- armed), clear = none of rmem's registers enabled on it }.
+local function record_of(p, base, nonce, tail)
+  local ring, msg, code = handle_of(p, "watch"):watch_ring(base + DATA, tail, nonce)
+  if not ring then os_fail(p, "watch", msg, code) end
+  return { base = base, data = base + DATA, nonce = nonce, ring = ring, gen = 0, queues = {},
     used = {}, want = {}, ours = 0, threads = {}, dropped = 0 }
+end
+
+--- Windows: the ring's thread drains for p from now on (again after
+-- p:close() stopped it while another process object still watches).
+local function drain_for(p, veh, op)
+  local ok, msg, code = veh.ring:start(handle_of(p, op))
+  if not ok then os_fail(p, op, msg, code) end
+  local set = rawget(p, "_watch_records")
+  if not set then
+    set = setmetatable({}, { __mode = "k" })
+    p._watch_records = set
+  end
+  set[veh] = true
 end
 
 --- Writes what the host wants into the handler's data, then a new generation.
@@ -135,46 +152,38 @@ local function publish(p, veh)
   veh.state = { addrs = addrs, mask = mask, dr7 = want }
 end
 
---- Windows: moves the ring's new entries into each slot's queue
--- ({ ip, tid, 1, ... }), notes which threads hit with which generation, and
--- keeps the dropped counts of the same moment (veh.dropped_by[slot]).
+--- Windows: moves what the ring's thread drained (and what is in the ring
+-- now) into each slot's queue ({ ip, tid, count, ... }), notes which threads
+-- hit with which generation and when, and keeps the dropped counts of the
+-- same moment (veh.dropped_by[slot]).
 local function read_ring(p, veh)
-  local head, _, d0, d1, d2, d3 = string.unpack("<I8I8I8I8I8I8", p:read(veh.data + D_HEAD, 48))
-  local now, threads = clock(), veh.threads
+  local hits, threads, d0, d1, d2, d3, dropped_age = veh.ring:take(handle_of(p, "hits"))
+  if not hits then os_fail(p, "hits", threads, d0) end
+  local now, known = clock(), veh.threads
   veh.dropped_by = { [0] = d0, d1, d2, d3 }
   if d0 + d1 + d2 + d3 ~= veh.dropped then
     -- hits that left no entry: any thread may have made them
     veh.dropped = d0 + d1 + d2 + d3
-    for _, t in pairs(threads) do t.seen = now end
+    local at = now - dropped_age / 1000
+    for _, t in pairs(known) do t.seen = math.max(t.seen, at) end
   end
-  local t = veh.tail
-  while t < head do
-    -- what is left of the ring from t's entry on, in one read
-    local first = t % RING
-    local n = math.min(head - t, RING - first)
-    local bytes = p:read(veh.data + D_RING + 32 * first, 32 * n)
-    local done = 0
-    for i = 0, n - 1 do
-      local ip, tid, gen, slots, seq = string.unpack("<I8I4I4I2I2", bytes, 32 * i + 1)
-      if seq ~= (t + i + 1) & 0xFFFF then break end -- reserved, not written yet
-      local th = threads[tid]
-      if not th then
-        th = { gen = gen, seen = now }
-        threads[tid] = th
-      end
-      th.seen, th.clear = now, slots & 0x8000 ~= 0
-      if gen > th.gen then th.gen = gen end
-      for s = 0, MAX - 1 do -- (bits 0-3: the slots hit)
-        local q = veh.queues[s]
-        if slots & 1 << s ~= 0 and q then q[#q + 1], q[#q + 2], q[#q + 3] = ip, tid, 1 end
-      end
-      done = i + 1
+  for i = 1, #threads, 4 do
+    local tid, gen, at = threads[i], threads[i + 1], now - threads[i + 2] / 1000
+    local th = known[tid]
+    if not th then
+      th = { gen = gen, seen = at }
+      known[tid] = th
     end
-    t = t + done
-    if done < n then break end
+    th.seen, th.clear = math.max(th.seen, at), threads[i + 3] ~= 0
+    if gen > th.gen then th.gen = gen end
   end
-  veh.tail = t
-  p:write_u64(veh.data + D_HEAD + 8, t)
+  for i = 1, #hits, 4 do
+    local ip, tid, slots, n = hits[i], hits[i + 1], hits[i + 2], hits[i + 3]
+    for s = 0, MAX - 1 do
+      local q = veh.queues[s]
+      if slots & 1 << s ~= 0 and q then q[#q + 1], q[#q + 2], q[#q + 3] = ip, tid, n end
+    end
+  end
 end
 
 --- Windows: brings every thread to the state last published. Threads the
@@ -249,12 +258,13 @@ local function handler_of(p)
   if base then
     -- an earlier host's: its watches are over (their slots closed, their
     -- hits dropped); threads may still hold its registers
-    h = record_of(base, nonce)
+    local data = base + DATA
+    local tail = p:read_u64(data + D_HEAD)
+    p:write_u64(data + D_HEAD + 8, tail)
+    p:write_u64(data + D_NONCE, nonce)
+    h = record_of(p, base, nonce, tail)
     h.ours = p:read_u32(h.data + D_ACTIVE + 4)
     h.gen = p:read_u32(h.data + D_GEN)
-    h.tail = p:read_u64(h.data + D_HEAD)
-    p:write_u64(h.data + D_HEAD + 8, h.tail)
-    p:write_u64(h.data + D_NONCE, nonce)
     local now = clock()
     local tids, msg, code = handle_of(p, "watch"):debug_registers()
     if not tids then os_fail(p, "watch", msg, code) end
@@ -281,7 +291,7 @@ local function handler_of(p)
     error(err, 0)
   end
   r:keep() -- a handler that may still run must never be freed
-  h = record_of(r.address, nonce)
+  h = record_of(p, r.address, nonce, 0)
   installed[p.pid] = h
   return h
 end
@@ -346,6 +356,7 @@ local function collect(w)
   local raw, dropped
   if windows then
     local veh = w._veh
+    drain_for(w._p, veh, "hits")
     settle(w._p, veh, "hits", false) -- reads the ring; arms new threads
     raw = veh.queues[w._slot]
     veh.queues[w._slot] = {}
@@ -424,6 +435,7 @@ function Watch:close()
         publish(p, veh)
         settle(p, veh, "close", true)
       end
+      if next(veh.used) == nil then veh.ring:stop() end
     end
   else
     if self._used[self._slot] == self then self._used[self._slot] = nil end
@@ -484,6 +496,7 @@ local function new_watch(p, address, size, kind)
     veh.want[slot] = w
     veh.ours = veh.ours | 1 << slot
     local ok, err = pcall(function()
+      drain_for(p, veh, "watch")
       publish(p, veh)
       settle(p, veh, "watch", true)
     end)
@@ -493,6 +506,7 @@ local function new_watch(p, address, size, kind)
         publish(p, veh)
         settle(p, veh, "watch", true)
       end)
+      if next(veh.used) == nil then veh.ring:stop() end
       error(err, 0)
     end
   else
@@ -508,6 +522,13 @@ end
 
 function watch.install(Process)
   Process.watch = new_watch
+  -- a process stops the ring threads it started before its handle closes
+  local close = Process.close
+  function Process:close()
+    for veh in pairs(rawget(self, "_watch_records") or {}) do veh.ring:stop() end
+    return close(self)
+  end
+  Process.__close = Process.close
 end
 
 return watch
