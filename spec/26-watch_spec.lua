@@ -277,6 +277,30 @@ helpers.describe_watch_methods("p:watch()", function(method)
     t:stop()
   end)
 
+  -- The handler's ring is drained by a thread of the host's, on a process
+  -- handle of its own: both exist while a watch is open, and only then.
+  helpers.win_it("drains the ring from a host thread that ends with the last watch and p:close()",
+    function()
+    local p, t, v = writer_target { "--writer", "1" }
+    watch_briefly(p, v) -- the handler installed (its remote call done)
+    local base = helpers.handle_count()
+    local w1, w2 = p:watch(v.value, 4, "w"), p:watch(v.value, 4, "rw")
+    local running = helpers.handle_count()
+    assert.is_true(running > base, ("%d handles, %d before"):format(running, base))
+    w1:close()
+    assert.are.equal(running, helpers.handle_count())
+    w2:close()
+    assert.are.equal(base, helpers.handle_count())
+    local w = p:watch(v.value, 4, "w")
+    testproc.sleep(100 * SLOW)
+    assert.is_true(total(w:hits()) > 0)
+    p:close() -- stops the thread before the process handle closes
+    assert.are.equal(base - 1, helpers.handle_count())
+    w:close()
+    assert.are.equal(base - 1, helpers.handle_count())
+    t:stop()
+  end)
+
   -- The writer attempts 100 writes a millisecond (catching up late ones); a
   -- watched write costs it about 10 us with perf events (so 100,000 a second
   -- take a whole CPU: reached on an idle machine, about 30,000 with 8 busy
