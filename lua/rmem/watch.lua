@@ -84,6 +84,8 @@ local HANDLER = ("488b018138040000800f8575010000488b51084c8b426841f7c0004000000f
     return string.char(tonumber(h, 16))
   end)
 
+watch._HANDLER = HANDLER -- for spec/26-watch_handler_spec.lua (not an API)
+
 local function fail(op, pid, name, message, hint)
   error(Error.new { op = op, name = name, pid = pid, message = message, hint = hint }, 0)
 end
