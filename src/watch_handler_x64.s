@@ -3,9 +3,10 @@
 #   x86_64-w64-mingw32-as -o h.o src/watch_handler_x64.s &&
 #   x86_64-w64-mingw32-objcopy -O binary -j .text h.o h.bin && xxd -p h.bin
 # without the trailing 90s, COFF's padding; spec/26-watch_handler_spec.lua
-# checks that they agree). LONG handler(EXCEPTION_POINTERS *ep), position-independent; its data
-# at handler+DATA (layout: watch.lua). CONTEXT: ContextFlags 0x30, EFlags
-# 0x44, Dr0-3 0x48-0x60, Dr6 0x68, Dr7 0x70, Rip 0xF8.
+# checks that they agree). LONG handler(EXCEPTION_POINTERS *ep),
+# position-independent; its data at handler+DATA (layout: watch.lua).
+# CONTEXT: ContextFlags 0x30, EFlags 0x44, Dr0-3 0x48-0x60, Dr6 0x68,
+# Dr7 0x70, Rip 0xF8.
         .intel_syntax noprefix
         .set DATA, 512
         .set RING, 32768
