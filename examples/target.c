@@ -21,7 +21,9 @@
  *                     after starting, whatever it is doing (the fault specs)
  * --until-eof         read commands from standard input: "exit N" exits with
  *                     code N, "exec PATH [ARG]" (POSIX) runs another program in
- *                     this process, end of input exits 0; otherwise idle until killed
+ *                     this process, "churn N" (POSIX) runs N threads one after
+ *                     another that each call write_value once, end of input
+ *                     exits 0; otherwise idle until killed
  * --wait sigwaitinfo  Linux, with --until-eof: instead, the only thread waits in
  *                     sigwaitinfo for SIGUSR1 and exits with its number (10),
  *                     or with 99 if the wait failed with EINTR
@@ -413,6 +415,22 @@ static void *late_writer(void *arg) {
   return NULL;
 }
 
+/* "churn N": N threads one after another, each writing the variable once */
+static void *write_once(void *arg) {
+  write_value((int)(size_t)arg);
+  watched.writes++;
+  return NULL;
+}
+
+static void churn(long n) {
+  long k;
+  for (k = 0; k < n; k++) {
+    pthread_t th;
+    if (pthread_create(&th, NULL, write_once, (void *)(size_t)k) == 0)
+      pthread_join(th, NULL);
+  }
+}
+
 static void *sleeper(void *arg) {
   struct timespec ts = {0, 1000000};
   (void)arg;
@@ -493,6 +511,8 @@ static int commands(void) {
     if (strncmp(line, "hit ", 4) == 0)
       health -= atoi(line + 4);
 #ifndef _WIN32
+    if (strncmp(line, "churn ", 6) == 0)
+      churn(atol(line + 6));
     if (strncmp(line, "exec ", 5) == 0) {
       char *path = strtok(line + 5, " \n"), *arg = strtok(NULL, " \n");
       if (path)

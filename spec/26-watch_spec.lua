@@ -330,6 +330,95 @@ helpers.describe_watch_methods("p:watch()", function(method)
     t:stop()
   end)
 
+  helpers.linux_it("keeps watching when a process the host forked closes its copy", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local w = p:watch(v.value, 4, "w")
+    local child = testproc.fork()
+    if child == 0 then -- what its collector would do (the events, the tracer are the host's)
+      pcall(w.close, w)
+      testproc.exit(0)
+    end
+    assert.is_true(testproc.reap(child))
+    w:hits()
+    testproc.sleep(300)
+    assert.is_true(total(w:hits()) > 10, "the host's watch stopped")
+    -- a forked process that outlives the host's close: the close does not wait for it
+    child = testproc.fork()
+    if child == 0 then
+      testproc.sleep(3000)
+      testproc.exit(0)
+    end
+    w:close()
+    assert.is_false(testproc.reap(child, true), "the close waited for the forked process")
+    assert.are.equal(0, helpers.tracer_of(t.pid))
+    assert.is_true(testproc.reap(child))
+    assert_clear(t.pid)
+    p:close()
+    t:stop()
+  end)
+
+  helpers.linux_it("counts every hit of 2,000 threads that each live for one write", function()
+    local p, t, v = writer_target { "--until-eof" }
+    local w = p:watch(v.value, 4, "w")
+    t.proc:send("churn 2000\n")
+    for _ = 1, 600 do
+      if p:read_u64(v.writes) >= 2000 then break end
+      testproc.sleep(50)
+    end
+    assert.are.equal(2000, p:read_u64(v.writes))
+    local hits = w:hits()
+    local msg = ("%d hits, %d dropped"):format(total(hits), w.dropped)
+    assert.are.equal(2000, total(hits) + w.dropped, msg)
+    assert.is_true(total(hits) >= 1900, msg)
+    w:close()
+    assert.is_true(p:is_alive())
+    assert_clear(t.pid)
+    if method == "perf" then assert.are.equal(0, testproc.perf_events()) end
+    p:close()
+    t:stop()
+  end)
+
+  --- Where the program (rmem-target) starts in a process, from a thread's maps.
+  local function program_base(path)
+    return tonumber(helpers.read_file(path):match("^(%x+)%-"), 16)
+  end
+
+  helpers.linux_it("watches a process whose main thread has ended", function()
+    -- the variable's offset in the program, from a target that has its main thread
+    local p0, t0, v0 = writer_target {}
+    local offset = v0.value - program_base("/proc/" .. t0.pid .. "/maps")
+    p0:close()
+    t0:stop()
+    local t = helpers.start_target { args = { "--writer", "1", "--until-eof", "--main-exits" } }
+    local p = rmem.open(t.pid, ACCESS)
+    local tid -- a thread still running (a zombie leader has no maps)
+    for _ = 1, 100 do
+      for line in io.popen("ls /proc/" .. t.pid .. "/task"):lines() do
+        if tonumber(line) ~= t.pid then tid = tonumber(line) end
+      end
+      if helpers.read_file("/proc/" .. t.pid .. "/status"):match("State:%s*Z") then break end
+      testproc.sleep(20)
+    end
+    local value = program_base(("/proc/%d/task/%d/maps"):format(t.pid, tid)) + offset
+    local w = p:watch(value, 4, "w")
+    testproc.sleep(300)
+    assert.is_true(total(w:hits()) > 10)
+    local w2 = p:watch(value, 4, "rw")
+    w2:close()
+    w:close()
+    p:close()
+    t:stop()
+  end)
+
+  helpers.linux_it("says that a process that ended, not yet reaped, has exited", function()
+    local p, t, v = writer_target {}
+    t:stop() -- (a zombie until reaped)
+    local e = helpers.error_of(p.watch, p, v.value, 4, "w")
+    assert.are.equal("ESRCH", e.name)
+    assert.matches("has exited", e.hint)
+    p:close()
+  end)
+
   if method == "ptrace" then
     it("says why a call needing ptrace fails while the watch traces the target", function()
       local p, t, v = writer_target { "--writer", "1" }
@@ -339,6 +428,25 @@ helpers.describe_watch_methods("p:watch()", function(method)
       assert.matches("a watch with the ptrace method %(p:watch, tracer pid %d+%) traces", e.hint)
       w:close()
       p:alloc(4096):free() -- the tracer is gone with the last watch
+      p:close()
+      t:stop()
+    end)
+
+    it("works with few descriptors allowed (RLIMIT_NOFILE 32)", function()
+      local p, t, v = writer_target { "--writer", "1" }
+      local script = ([[
+        local rmem = require "rmem"
+        local w <close> = rmem.open(%d, { access = "all" }):watch(%d, 4, "w")
+        require("testproc").sleep(300)
+        print(#w:hits())
+      ]]):gsub("\n", " "):format(t.pid, v.value)
+      local cmd = ("ulimit -n 32 && lua5.4 -e %q 2>&1"):format(("package.path=%q package.cpath=%q "):format(
+        package.path, package.cpath) .. script)
+      local child = io.popen(cmd, "r")
+      local out = child:read("a")
+      child:close()
+      assert.are.equal("1\n", out)
+      assert.are.equal(0, untraced(t.pid))
       p:close()
       t:stop()
     end)

@@ -1,17 +1,17 @@
 /*
  * p:watch on Linux: perf_event_open(PERF_TYPE_BREAKPOINT) on every thread of
- * the target, sample_period 1, each sample (instruction pointer, thread)
- * written by the kernel into a ring mapped in the host. The target never
- * stops. A host thread drains the rings every few milliseconds into a
- * table of (ip, tid) -> count, so that a busy writer does not overflow them
- * between two w:hits(), and rescans /proc/PID/task for threads created
- * later (without inherit, whose samples could not be told from those of an
- * event opened on the same thread by the rescan).
+ * the target and every CPU, sample_period 1, each sample (instruction
+ * pointer, thread) written by the kernel into its CPU's ring, mapped in the
+ * host. The events are inherited by the threads created later (inherit,
+ * inherit_thread): a thread that lives a microsecond is watched too. The
+ * target never stops. A host thread drains the rings every few
+ * milliseconds into a table of (ip, tid) -> count, so that a busy writer
+ * does not overflow them between two w:hits().
  *
  * Closing disables every event first (PERF_EVENT_IOC_DISABLE returns once
- * the breakpoint is out of the CPU's debug registers), drains what is
- * already in the rings, waits a scheduler tick and only then closes the
- * descriptors: see the README ("Watches") for the SIGTRAP this avoids.
+ * the breakpoint is out of the CPU's debug registers, on the threads that
+ * inherited it too), waits a scheduler tick, drains the rings and only then
+ * closes the descriptors: see the README ("Watches") for the SIGTRAP this avoids.
  *
  * Where perf_event_open is refused (or RMEM_WATCH_METHOD=ptrace), the watch
  * is one debug register of a tracer process (watch_ptrace_linux.c) instead,
@@ -35,24 +35,31 @@
 #include "watch.h"
 #include "watch_ptrace_linux.h"
 
-/* 16 data pages: about 2,700 samples, 25 ms of a thread hitting 100,000
- * times a second, and the host drains every DRAIN_MS. */
+/* 16 data pages per CPU: about 2,000 samples, 20 ms of a thread hitting
+ * 100,000 times a second, and the host drains every DRAIN_MS. */
 #define RING_PAGES 16
 #define DRAIN_MS 5
 
 typedef struct event {
   unsigned long tid;
   int fd;
-  struct perf_event_mmap_page *ring;
 } event;
 
+/* One per CPU: every event on that CPU writes there (PERF_EVENT_IOC_SET_OUTPUT). */
+typedef struct ring {
+  int fd; /* the event that owns the mapping */
+  struct perf_event_mmap_page *map; /* NULL: no event on that CPU yet */
+  uint64_t last[3]; /* the last sample taken: ip, pid and tid, event id */
+} ring;
+
 struct rw_watch {
-  pid_t pid;
+  pid_t pid, owner; /* owner: the process that opened it (a fork's copy only frees) */
   uintptr_t addr;
-  int size, kind;
+  int size, kind, ncpus, inherit_thread;
   size_t page;
   event *events;
   size_t nevents, cap;
+  ring *rings; /* ncpus */
   rw_hit *table; /* open addressing on (ip, tid); count 0 = empty */
   size_t tsize, tused;
   unsigned long long dropped;
@@ -63,8 +70,8 @@ struct rw_watch {
   int slot;
 };
 
-static int perf_open(struct perf_event_attr *a, pid_t tid) {
-  return (int)syscall(SYS_perf_event_open, a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+static int perf_open(struct perf_event_attr *a, pid_t tid, int cpu) {
+  return (int)syscall(SYS_perf_event_open, a, tid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
 }
 
 static size_t slot_of(const rw_watch *w, uintptr_t ip, unsigned long tid) {
@@ -99,9 +106,12 @@ static int add_hit(rw_watch *w, uintptr_t ip, unsigned long tid, unsigned long l
   return 0;
 }
 
-/* Moves one ring's records into the table (called with the lock held). */
-static void drain(rw_watch *w, event *e) {
-  struct perf_event_mmap_page *m = e->ring;
+/* Moves one ring's records into the table (called with the lock held).
+ * A thread created while the watch opened may have an event of its own and
+ * one inherited from its creator: one hit, two samples in a row on its CPU
+ * with different event ids; the second is not counted. */
+static void drain(rw_watch *w, ring *r) {
+  struct perf_event_mmap_page *m = r->map;
   const unsigned char *data = (const unsigned char *)m + w->page;
   uint64_t size = (uint64_t)RING_PAGES * w->page;
   uint64_t head = __atomic_load_n(&m->data_head, __ATOMIC_ACQUIRE), tail = m->data_tail;
@@ -114,10 +124,15 @@ static void drain(rw_watch *w, event *e) {
     len = h.size < sizeof rec ? h.size : sizeof rec;
     for (k = 0; k < len; k++)
       ((unsigned char *)rec)[k] = data[(tail + k) % size];
-    if (h.type == PERF_RECORD_SAMPLE && h.size >= 24) {
-      /* ip, then pid and tid (u32 each) */
-      if (add_hit(w, (uintptr_t)rec[1], (unsigned long)(rec[2] >> 32), 1))
+    if (h.type == PERF_RECORD_SAMPLE && h.size >= 32) {
+      /* ip, then pid and tid (u32 each), then the (parent) event's id; a
+       * process the target forked inherits nothing where inherit_thread
+       * exists, else its samples are left out here */
+      int twin = rec[1] == r->last[0] && rec[2] == r->last[1] && rec[3] != r->last[2];
+      if ((pid_t)(uint32_t)rec[2] == w->pid && !twin &&
+          add_hit(w, (uintptr_t)rec[1], (unsigned long)(rec[2] >> 32), 1))
         w->dropped++;
+      memcpy(r->last, rec + 1, sizeof r->last);
     } else if (h.type == PERF_RECORD_LOST && h.size >= 24) {
       w->dropped += rec[2];
     }
@@ -128,22 +143,18 @@ static void drain(rw_watch *w, event *e) {
   __atomic_store_n(&m->data_tail, head, __ATOMIC_RELEASE);
 }
 
-static void close_event(rw_watch *w, event *e) {
-  munmap(e->ring, (RING_PAGES + 1) * w->page);
-  close(e->fd);
+static void drain_all(rw_watch *w) {
+  int c;
+  for (c = 0; c < w->ncpus; c++)
+    if (w->rings[c].map)
+      drain(w, &w->rings[c]);
 }
 
+/* An event per CPU on thread tid, inherited by the threads it creates from
+ * then on, each writing into its CPU's ring. */
 static rb_err open_event(rw_watch *w, unsigned long tid) {
   struct perf_event_attr a;
-  event e;
-  if (w->nevents == w->cap) {
-    size_t cap = w->cap ? w->cap * 2 : 8;
-    event *list = (event *)realloc(w->events, cap * sizeof *list);
-    if (list == NULL)
-      return ENOMEM;
-    w->events = list;
-    w->cap = cap;
-  }
+  int cpu;
   memset(&a, 0, sizeof a);
   a.type = PERF_TYPE_BREAKPOINT;
   a.size = sizeof a;
@@ -152,26 +163,56 @@ static rb_err open_event(rw_watch *w, unsigned long tid) {
   a.bp_addr = (uint64_t)w->addr;
   a.bp_len = w->kind == RW_EXECUTE ? sizeof(long) : (uint64_t)w->size;
   a.sample_period = 1;
-  a.sample_type = PERF_SAMPLE_IP | PERF_SAMPLE_TID;
+  a.sample_type = PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_ID;
   a.exclude_kernel = 1; /* the kernel's own accesses (read() into the buffer) have no user IP */
   a.exclude_hv = 1;
-  e.tid = tid;
-  e.fd = perf_open(&a, (pid_t)tid);
-  if (e.fd < 0)
-    return (rb_err)errno;
-  e.ring = (struct perf_event_mmap_page *)mmap(NULL, (RING_PAGES + 1) * w->page,
-                                               PROT_READ | PROT_WRITE, MAP_SHARED, e.fd, 0);
-  if (e.ring == MAP_FAILED) {
-    rb_err err = (rb_err)errno;
-    close(e.fd);
-    return err;
+  /* (the kernel maps no ring of an inherited event on every CPU: per CPU then) */
+  a.inherit = 1;
+  for (cpu = 0; cpu < w->ncpus; cpu++) {
+    ring *r = &w->rings[cpu];
+    event e;
+    if (w->nevents == w->cap) {
+      size_t cap = w->cap ? w->cap * 2 : 8;
+      event *list = (event *)realloc(w->events, cap * sizeof *list);
+      if (list == NULL)
+        return ENOMEM;
+      w->events = list;
+      w->cap = cap;
+    }
+    a.inherit_thread = (unsigned)w->inherit_thread;
+    e.tid = tid;
+    e.fd = perf_open(&a, (pid_t)tid, cpu);
+    if (e.fd < 0 && errno == EINVAL && w->inherit_thread) { /* before Linux 5.13 */
+      w->inherit_thread = 0;
+      cpu--;
+      continue;
+    }
+    if (e.fd < 0 && errno == ENODEV) /* an offline CPU */
+      continue;
+    if (e.fd < 0)
+      return (rb_err)errno;
+    if (r->map == NULL) {
+      void *m = mmap(NULL, (RING_PAGES + 1) * w->page, PROT_READ | PROT_WRITE, MAP_SHARED, e.fd, 0);
+      if (m == MAP_FAILED) {
+        rb_err err = (rb_err)errno;
+        close(e.fd);
+        return err;
+      }
+      r->map = (struct perf_event_mmap_page *)m;
+      r->fd = e.fd;
+    } else if (ioctl(e.fd, PERF_EVENT_IOC_SET_OUTPUT, r->fd)) {
+      rb_err err = (rb_err)errno;
+      close(e.fd);
+      return err;
+    }
+    w->events[w->nevents++] = e;
   }
-  w->events[w->nevents++] = e;
   return 0;
 }
 
-/* Opens events on the threads that have none; closes those of threads that
- * ended (after draining them). With the lock held. */
+/* Opens events on the threads that have none. An event stays open until
+ * the watch closes, even once its thread ended: closing it would end the
+ * events that the threads it created inherited. */
 static rb_err rescan(rw_watch *w) {
   char path[64];
   DIR *d;
@@ -195,16 +236,6 @@ static rb_err rescan(rw_watch *w) {
       break;
   }
   closedir(d);
-  for (i = 0; i < w->nevents;) {
-    snprintf(path, sizeof path, "/proc/%d/task/%lu", (int)w->pid, w->events[i].tid);
-    if (access(path, F_OK) != 0) {
-      drain(w, &w->events[i]);
-      close_event(w, &w->events[i]);
-      w->events[i] = w->events[--w->nevents];
-    } else {
-      i++;
-    }
-  }
   return err;
 }
 
@@ -217,19 +248,13 @@ static void sleep_ms(long ms) {
 
 static void *drainer(void *arg) {
   rw_watch *w = (rw_watch *)arg;
-  unsigned n = 0;
   for (;;) {
-    size_t i;
     pthread_mutex_lock(&w->lock);
     if (w->stop) {
       pthread_mutex_unlock(&w->lock);
       return NULL;
     }
-    for (i = 0; i < w->nevents; i++)
-      drain(w, &w->events[i]);
-    /* new threads every 10 ms: a readdir of /proc costs more than a drain */
-    if (++n % 2 == 0)
-      rescan(w);
+    drain_all(w);
     pthread_mutex_unlock(&w->lock);
     sleep_ms(DRAIN_MS);
   }
@@ -257,23 +282,46 @@ static rb_err open_ptrace(rw_watch *w, rw_watch **out) {
   return 0;
 }
 
+/* Closes the events and unmaps the rings (after the drains). */
+static void close_events(rw_watch *w) {
+  size_t i;
+  int c;
+  for (c = 0; w->rings && c < w->ncpus; c++)
+    if (w->rings[c].map) {
+      munmap(w->rings[c].map, (RING_PAGES + 1) * w->page);
+      w->rings[c].map = NULL;
+    }
+  for (i = 0; i < w->nevents; i++)
+    close(w->events[i].fd);
+  w->nevents = 0;
+}
+
 rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
   rw_watch *w = (rw_watch *)calloc(1, sizeof *w);
   const char *method = getenv("RMEM_WATCH_METHOD");
+  long ncpus = sysconf(_SC_NPROCESSORS_CONF);
   rb_err err;
   size_t before;
   *out = NULL;
   if (w == NULL)
     return ENOMEM;
   w->pid = (pid_t)rb_pid(p);
+  w->owner = getpid();
   w->addr = addr;
   w->size = size;
   w->kind = kind;
   w->page = (size_t)sysconf(_SC_PAGESIZE);
+  w->ncpus = ncpus > 0 ? (int)ncpus : 1;
+  w->inherit_thread = 1;
   pthread_mutex_init(&w->lock, NULL);
+  if ((w->rings = (ring *)calloc((size_t)w->ncpus, sizeof *w->rings)) == NULL) {
+    rw_close(w);
+    return ENOMEM;
+  }
   if (method && strcmp(method, "ptrace") == 0)
     return open_ptrace(w, out);
-  /* until no thread is new: one created while the first scan ran is caught */
+  /* until no thread is new: one created while the first scan ran, by a
+   * thread that had no event yet, is caught */
   do {
     before = w->nevents;
     err = rescan(w);
@@ -281,10 +329,7 @@ rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
   if (!err && w->nevents == 0)
     err = ESRCH;
   if (perf_refused(err) && !(method && strcmp(method, "perf") == 0)) {
-    size_t i;
-    for (i = 0; i < w->nevents; i++)
-      close_event(w, &w->events[i]);
-    w->nevents = 0;
+    close_events(w);
     return open_ptrace(w, out);
   }
   if (!err && (err = (rb_err)pthread_create(&w->drainer, NULL, drainer, w)) == 0)
@@ -300,16 +345,11 @@ rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
 rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long long *dropped) {
   size_t i, k = 0;
   unsigned long long lost = 0; /* by the tracer */
-  rb_err err;
   pthread_mutex_lock(&w->lock);
-  if (w->tracer) {
+  if (w->tracer)
     lost = rwp_take(w->tracer, w->slot, add_taken, w);
-    err = 0;
-  } else {
-    err = rescan(w);
-  }
-  for (i = 0; i < w->nevents; i++)
-    drain(w, &w->events[i]);
+  else
+    drain_all(w);
   *n = w->tused;
   if (w->tused <= cap) {
     for (i = 0; i < w->tsize; i++)
@@ -321,14 +361,25 @@ rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long l
   }
   *dropped = w->dropped + lost;
   pthread_mutex_unlock(&w->lock);
-  /* a target that ended still gives the hits it made */
-  return err == ESRCH ? 0 : err;
+  return 0;
 }
 
 void rw_close(rw_watch *w) {
   size_t i;
   if (w == NULL)
     return;
+  if (w->owner != getpid()) {
+    /* a copy in a process the host forked: the events, the drainer and
+     * the tracer are the host's (and its lock may have been held at the fork) */
+    if (w->tracer)
+      rwp_disarm(w->tracer, w->slot);
+    close_events(w);
+    free(w->events);
+    free(w->rings);
+    free(w->table);
+    free(w);
+    return;
+  }
   if (w->running) {
     pthread_mutex_lock(&w->lock);
     w->stop = 1;
@@ -337,16 +388,18 @@ void rw_close(rw_watch *w) {
   }
   if (w->tracer)
     rwp_disarm(w->tracer, w->slot);
-  /* out of the debug registers of every thread first, while the events
-   * still exist to claim any debug exception already on its way */
+  /* out of the debug registers of every thread first (the threads that
+   * inherited an event too), while the events still exist to claim any
+   * debug exception already on its way */
   for (i = 0; i < w->nevents; i++)
     ioctl(w->events[i].fd, PERF_EVENT_IOC_DISABLE, 0);
-  sleep_ms(DRAIN_MS);
-  for (i = 0; i < w->nevents; i++) {
-    drain(w, &w->events[i]);
-    close_event(w, &w->events[i]);
+  if (w->nevents) {
+    sleep_ms(DRAIN_MS);
+    drain_all(w);
   }
+  close_events(w);
   free(w->events);
+  free(w->rings);
   free(w->table);
   pthread_mutex_destroy(&w->lock);
   free(w);

@@ -54,12 +54,15 @@ typedef struct shared_hit {
   uint32_t tid, key; /* key: register + 1 once ip and tid are written; 0 free */
 } shared_hit;
 
+/* in key: the thread has ended; the host frees the entry once it took the count */
+#define ENDED 0x100
+
 typedef struct shared {
   uint64_t dropped[4];
   shared_hit table[TABLE];
 } shared;
 
-enum { CMD_ARM = 1, CMD_DISARM };
+enum { CMD_ARM = 1, CMD_DISARM, CMD_QUIT };
 
 typedef struct command {
   int op, slot, size, kind;
@@ -67,7 +70,7 @@ typedef struct command {
 } command;
 
 struct rwp {
-  pid_t pid, tracer;
+  pid_t pid, tracer, owner; /* owner: the host (a process it forked has a copy) */
   int sock, armed, dead; /* armed: register bits; dead: the tracer was killed */
   shared *sh;
   rwp *next;
@@ -81,6 +84,7 @@ static pthread_mutex_t tracers_lock = PTHREAD_MUTEX_INITIALIZER;
 typedef struct thread {
   pid_t tid;
   unsigned gen; /* of the registers it has: older than tracer.gen = to update */
+  int hit;      /* it has entries in the table */
 } thread;
 
 typedef struct tracer {
@@ -124,9 +128,11 @@ static rb_err apply(tracer *tr, thread *t) {
   return e == ESRCH ? 0 : e; /* a thread that is ending needs nothing */
 }
 
-static void record(tracer *tr, int slot, uint64_t ip, pid_t tid) {
+static void record(tracer *tr, thread *t, int slot, uint64_t ip) {
+  pid_t tid = t->tid;
   uint64_t h = (ip ^ (uint64_t)tid << 32 ^ (uint64_t)slot << 62) * 0x9E3779B97F4A7C15ULL;
   size_t i = (size_t)(h >> 40) % TABLE, k;
+  t->hit = 1;
   for (k = 0; k < PROBES; k++, i = (i + 1) % TABLE) {
     shared_hit *e = &tr->sh->table[i];
     if (e->key == 0) { /* only the tracer writes keys */
@@ -144,7 +150,8 @@ static void record(tracer *tr, int slot, uint64_t ip, pid_t tid) {
 
 /* A SIGTRAP stop: 1 if it is a hit of a register this tracer set (counted
  * if the register still watches; swallowed in any case). */
-static int hit(tracer *tr, pid_t tid) {
+static int hit(tracer *tr, thread *t) {
+  pid_t tid = t->tid;
   siginfo_t si;
   long dr6;
   int i, ours = 0;
@@ -158,7 +165,7 @@ static int hit(tracer *tr, pid_t tid) {
     if ((dr6 >> i & 1) && (tr->used >> i & 1)) {
       ours = 1;
       if (armed(tr, i)) /* the address the kernel gives: the thread's ip */
-        record(tr, i, (uint64_t)(uintptr_t)si.si_addr, tid);
+        record(tr, t, i, (uint64_t)(uintptr_t)si.si_addr);
     }
   poke_dr(tid, 6, 0); /* older kernels accumulate the bits */
   return ours;
@@ -213,6 +220,7 @@ static thread *adopt(tracer *tr, pid_t tid) {
   close(fd);
   tr->th[tr->n].tid = tid;
   tr->th[tr->n].gen = 0;
+  tr->th[tr->n].hit = 0;
   return &tr->th[tr->n++];
 }
 
@@ -220,19 +228,38 @@ static void forget(tracer *tr, thread *t) {
   *t = tr->th[--tr->n];
 }
 
+/* A thread that ended: its entries are marked for the host to free. */
+static void ended(tracer *tr, thread *t) {
+  size_t i;
+  for (i = 0; t->hit && i < TABLE; i++) {
+    shared_hit *e = &tr->sh->table[i];
+    uint32_t key = __atomic_load_n(&e->key, __ATOMIC_RELAXED);
+    if (key != 0 && !(key & ENDED) && e->tid == (uint32_t)t->tid)
+      __atomic_store_n(&e->key, key | ENDED, __ATOMIC_RELEASE);
+  }
+  forget(tr, t);
+}
+
 static void on_stop(tracer *tr, pid_t tid, int st) {
   thread *t = find(tr, tid);
   int sig, event, resume = 0;
   if (WIFEXITED(st) || WIFSIGNALED(st)) {
     if (t)
-      forget(tr, t);
+      ended(tr, t);
     return;
   }
   if (!WIFSTOPPED(st) || (t == NULL && (t = adopt(tr, tid)) == NULL))
     return;
   sig = WSTOPSIG(st);
   event = st >> 16;
-  if (event == 0 && (sig != SIGTRAP || !hit(tr, tid)))
+  if (event == PTRACE_EVENT_EXIT) {
+    /* let go now: a leader that ends before its threads is a zombie
+     * that no longer stops (each sync would wait for it in vain) */
+    ptrace(PTRACE_DETACH, tid, 0, 0);
+    ended(tr, t);
+    return;
+  }
+  if (event == 0 && (sig != SIGTRAP || !hit(tr, t)))
     resume = sig; /* the program's own signal */
   if (t->gen != tr->gen) {
     rb_err e = apply(tr, t);
@@ -309,6 +336,25 @@ static rb_err sync_all(tracer *tr) {
   return tr->err ? tr->err : stale(tr) ? ETIMEDOUT : 0;
 }
 
+/* 1 if the thread is a zombie (a leader that ended before its threads, or
+ * a process that ended and is not reaped yet): it would refuse the seize. */
+static int zombie(const tracer *tr, const char *tid) {
+  char path[32], buf[512];
+  const char *state = NULL;
+  ssize_t k, i;
+  int fd;
+  strcpy(path, tid);
+  strcat(path, "/stat");
+  if ((fd = openat(tr->task_dir, path, O_RDONLY | O_CLOEXEC)) < 0)
+    return 0;
+  k = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  for (i = 0; i < k; i++) /* the state follows the command's last ')' */
+    if (buf[i] == ')' && i + 2 < k)
+      state = buf + i + 2;
+  return state && (*state == 'Z' || *state == 'X');
+}
+
 /* Seizes the threads of the target until no new one shows up. */
 static rb_err seize_all(tracer *tr) {
   char buf[4096];
@@ -322,16 +368,17 @@ static rb_err seize_all(tracer *tr) {
       for (at = 0; at < k; at += ((unsigned short *)(void *)(buf + at + 16))[0]) {
         const char *name = buf + at + 19; /* after d_ino, d_off, d_reclen, d_type */
         pid_t tid = (pid_t)strtol(name, NULL, 10);
-        if (tid <= 0 || find(tr, tid))
+        if (tid <= 0 || find(tr, tid) || zombie(tr, name))
           continue;
         if (tr->n == MAX_THREADS)
           return EMFILE;
-        if (ptrace(PTRACE_SEIZE, tid, 0, (void *)(long)PTRACE_O_TRACECLONE)) {
+        if (ptrace(PTRACE_SEIZE, tid, 0, (void *)(long)(PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXIT))) {
           if (errno == ESRCH)
             continue;
           return (rb_err)errno;
         }
         tr->th[tr->n].tid = tid;
+        tr->th[tr->n].hit = 0;
         tr->th[tr->n++].gen = 0;
         added = 1;
       }
@@ -354,9 +401,13 @@ static rb_err run(tracer *tr, const command *c) {
   tr->dr7 &= ~dr7_bits(c->slot, 4, RW_READWRITE); /* every bit of the register */
   tr->dr[c->slot] = 0;
   if (c->op == CMD_ARM) {
-    for (i = 0; i < TABLE; i++) /* what a watch before left in the register */
-      if (tr->sh->table[i].key == (uint32_t)c->slot + 1)
-        __atomic_store_n(&tr->sh->table[i].count, 0, __ATOMIC_RELAXED);
+    for (i = 0; i < TABLE; i++) { /* what a watch before left in the register */
+      shared_hit *h = &tr->sh->table[i];
+      if (h->key == (uint32_t)c->slot + 1)
+        __atomic_store_n(&h->count, 0, __ATOMIC_RELAXED);
+      else if (h->key == (((uint32_t)c->slot + 1) | ENDED)) /* (the host takes no count meanwhile) */
+        __atomic_store_n(&h->key, 0, __ATOMIC_RELEASE);
+    }
     __atomic_store_n(&tr->sh->dropped[c->slot], 0, __ATOMIC_RELAXED);
     tr->dr[c->slot] = c->addr;
     tr->dr7 |= dr7_bits(c->slot, c->size, c->kind);
@@ -403,8 +454,10 @@ static void tracer_main(tracer *tr, int sock, pid_t host) {
       reap(tr, 0);
     }
     if (!err && f[0].revents) {
-      if (recv(sock, &c, sizeof c, 0) != (ssize_t)sizeof c)
-        break; /* closed: the last watch is closed or the host is gone */
+      /* closed: the host is gone (a process it forked may hold the socket
+       * still, hence the command when the last watch closes) */
+      if (recv(sock, &c, sizeof c, 0) != (ssize_t)sizeof c || c.op == CMD_QUIT)
+        break;
       err = run(tr, &c);
       send(sock, &err, sizeof err, MSG_NOSIGNAL);
       err = 0;
@@ -422,8 +475,8 @@ static void tracer_main(tracer *tr, int sock, pid_t host) {
 static void keep_only(int sock, int dir) {
   struct rlimit r;
   int fd, devnull = open("/dev/null", O_RDWR);
-  sock = fcntl(sock, F_DUPFD, 100);
-  dir = fcntl(dir, F_DUPFD, 100);
+  sock = fcntl(sock, F_DUPFD, 5); /* above what is replaced below */
+  dir = fcntl(dir, F_DUPFD, 5);
   if (devnull >= 0)
     for (fd = 0; fd < 3; fd++)
       dup2(devnull, fd);
@@ -451,11 +504,21 @@ static rb_err ask(rwp *t, const command *c) {
   return err;
 }
 
+/* The tracer told to quit and waited for; in a process the host forked,
+ * only the copy freed. */
 static void stop_tracer(rwp *t) {
   rwp **at;
   int st;
-  close(t->sock);
-  while (waitpid(t->tracer, &st, __WALL) < 0 && errno == EINTR) {
+  if (t->owner == getpid()) {
+    command c;
+    memset(&c, 0, sizeof c);
+    c.op = CMD_QUIT;
+    send(t->sock, &c, sizeof c, MSG_NOSIGNAL);
+    close(t->sock);
+    while (waitpid(t->tracer, &st, __WALL) < 0 && errno == EINTR) {
+    }
+  } else {
+    close(t->sock);
   }
   munmap(t->sh, sizeof *t->sh);
   for (at = &tracers; *at; at = &(*at)->next)
@@ -511,6 +574,7 @@ static rb_err start_tracer(pid_t pid, rwp **out) {
   close(dir);
   close(sv[1]);
   t->pid = pid;
+  t->owner = host;
   t->tracer = child;
   t->sock = sv[0];
   if (child < 0) {
@@ -529,7 +593,8 @@ static rb_err start_tracer(pid_t pid, rwp **out) {
   return 0;
 }
 
-/* The live tracer of pid (one killed is found out here: its socket hung up). */
+/* The live tracer of pid (one killed is found out here: its socket hung up);
+ * a process the host forked does not use the host's. */
 static rwp *tracer_of(pid_t pid) {
   rwp *t;
   for (t = tracers; t; t = t->next) {
@@ -538,7 +603,7 @@ static rwp *tracer_of(pid_t pid) {
     f.events = POLLIN;
     if (!t->dead && poll(&f, 1, 0) == 1 && (f.revents & (POLLHUP | POLLERR)))
       t->dead = 1;
-    if (t->pid == pid && !t->dead)
+    if (t->pid == pid && !t->dead && t->owner == getpid())
       return t;
   }
   return NULL;
@@ -581,10 +646,15 @@ unsigned long long rwp_take(rwp *t, int slot,
   pthread_mutex_lock(&tracers_lock);
   for (i = 0; i < TABLE; i++) {
     shared_hit *e = &t->sh->table[i];
-    if (__atomic_load_n(&e->key, __ATOMIC_ACQUIRE) == (uint32_t)slot + 1) {
+    uint32_t key = __atomic_load_n(&e->key, __ATOMIC_ACQUIRE);
+    if ((key & ~(uint32_t)ENDED) == (uint32_t)slot + 1) {
+      uintptr_t ip = (uintptr_t)e->ip;
+      unsigned long tid = e->tid;
       uint64_t n = __atomic_exchange_n(&e->count, 0, __ATOMIC_RELAXED);
       if (n)
-        add(ctx, (uintptr_t)e->ip, e->tid, n);
+        add(ctx, ip, tid, n);
+      if (key & ENDED) /* the tracer writes it no more: free for another */
+        __atomic_store_n(&e->key, 0, __ATOMIC_RELEASE);
     }
   }
   dropped = __atomic_load_n(&t->sh->dropped[slot], __ATOMIC_RELAXED);
@@ -598,7 +668,8 @@ void rwp_disarm(rwp *t, int slot) {
   memset(&c, 0, sizeof c);
   c.op = CMD_DISARM;
   c.slot = slot;
-  ask(t, &c);
+  if (t->owner == getpid()) /* (in a process the host forked: the host's register) */
+    ask(t, &c);
   t->armed &= ~(1 << slot);
   if (t->armed == 0)
     stop_tracer(t);

@@ -16,6 +16,10 @@
  *   testproc.deny_perf()           -- perf_event_open fails with EACCES in this
  *                                  -- process from now on (a seccomp filter: for a
  *                                  -- child host, it cannot be undone)
+ *   testproc.fork()                -- fork(): 0 in the child, which must end with
+ *                                  -- testproc.exit(code) (_exit: no finalizer runs)
+ *   testproc.reap(pid [, nohang])  -- waits for a child of the host (nohang: only
+ *                                  -- looks); true once it has exited
  *   testproc.failing_alloc(setup, n, path, cpath)
  *       -- in a new Lua state whose allocator fails after n allocations:
  *       -- runs setup (a chunk returning a function) with no limit, then that
@@ -453,7 +457,33 @@ static int tp_failing_alloc(lua_State *L) {
   return 3;
 }
 
+static int tp_fork(lua_State *L) {
+  pid_t pid = fork();
+  if (pid < 0)
+    return luaL_error(L, "fork: %s", strerror(errno));
+  lua_pushinteger(L, pid);
+  return 1;
+}
+
+static int tp_exit(lua_State *L) {
+  _exit((int)luaL_optinteger(L, 1, 0));
+}
+
+static int tp_reap(lua_State *L) {
+  pid_t pid = (pid_t)luaL_checkinteger(L, 1), got;
+  int st;
+  while ((got = waitpid(pid, &st, lua_toboolean(L, 2) ? WNOHANG : 0)) < 0 && errno == EINTR) {
+  }
+  if (got < 0)
+    return luaL_error(L, "waitpid %d: %s", (int)pid, strerror(errno));
+  lua_pushboolean(L, got == pid);
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
+  {"fork", tp_fork},
+  {"exit", tp_exit},
+  {"reap", tp_reap},
   {"setenv", tp_setenv},
   {"deny_perf", tp_deny_perf},
   {"failing_alloc", tp_failing_alloc},
