@@ -451,6 +451,25 @@ helpers.describe_watch_methods("p:watch()", function(method)
       t:stop()
     end)
 
+    it("says that another host's ptrace watch traces the target", function()
+      local p, t, v = writer_target { "--writer", "1" }
+      local w = p:watch(v.value, 4, "w")
+      local script = ([[
+        local p = require("rmem").open(%d, { access = "all" })
+        local _, e = pcall(p.watch, p, %d, 4, "w")
+        print(e.name, e.hint)
+      ]]):gsub("\n", " "):format(t.pid, v.value)
+      local cmd = ("lua5.4 -e %q 2>&1"):format(("package.path=%q package.cpath=%q "):format(
+        package.path, package.cpath) .. script)
+      local child = io.popen(cmd, "r")
+      local out = child:read("a")
+      child:close()
+      assert.matches("^EPERM\ta watch with the ptrace method %(p:watch, tracer pid %d+%) traces", out)
+      w:close()
+      p:close()
+      t:stop()
+    end)
+
     it("starts another tracer when the last one was killed", function()
       local p, t, v = writer_target {} -- no writer: no hit for the registers left set
       local w1 = p:watch(v.value, 4, "w")

@@ -221,7 +221,7 @@ static rb_err rescan(rw_watch *w) {
   rb_err err = 0;
   snprintf(path, sizeof path, "/proc/%d/task", (int)w->pid);
   if ((d = opendir(path)) == NULL)
-    return errno == ENOENT ? ESRCH : (rb_err)errno;
+    return errno == ENOENT || errno == ENOTDIR ? ESRCH : (rb_err)errno;
   while ((de = readdir(d)) != NULL) {
     unsigned long tid = strtoul(de->d_name, NULL, 10);
     int known = 0;

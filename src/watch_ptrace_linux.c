@@ -551,7 +551,7 @@ static rb_err start_tracer(pid_t pid, rwp **out) {
   }
   if ((dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
       socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) {
-    err = errno == ENOENT ? ESRCH : (rb_err)errno;
+    err = errno == ENOENT || errno == ENOTDIR ? ESRCH : (rb_err)errno;
     if (dir >= 0)
       close(dir);
     munmap(t->sh, sizeof *t->sh);

@@ -94,6 +94,13 @@ local function os_fail(p, op, msg, code, address)
   error(Error.from_os(op, msg, code, { pid = p.pid, address = address }), 0)
 end
 
+-- Linux: what the ptrace method's failures mean (refine_hint knows the rest).
+local LINUX_HINTS = {
+  ETIMEDOUT = "a thread of the process did not stop for the watch's tracer (rmem-watch) within "
+    .. "2 s: stopped by a debugger or a job control signal, or stuck in the kernel",
+  EIO = "the watch's tracer (rmem-watch) was killed: close this watch; the next one starts another",
+}
+
 local function handle_of(p, op)
   return p:_handle(op)
 end
@@ -368,7 +375,7 @@ local function collect(w)
     raw, dropped = w._core:poll()
     if not raw then
       msg, code = dropped, nil
-      os_fail(w._p, "hits", msg, code, w.address)
+      w._p:_fail("hits", msg, code, w.address, LINUX_HINTS)
     end
   end
   w.dropped = dropped
@@ -513,7 +520,7 @@ local function new_watch(p, address, size, kind)
     end
   else
     local c, msg, code = h:watch(a, size, KINDS[kind])
-    if not c then os_fail(p, "watch", msg, code, a) end
+    if not c then p:_fail("watch", msg, code, a, LINUX_HINTS) end
     w._core = c
     w.method = c:method()
   end
