@@ -470,6 +470,26 @@ helpers.describe_watch_methods("p:watch()", function(method)
       t:stop()
     end)
 
+    -- the tracer's table holds 16,384 (instruction, thread) pairs: those of
+    -- threads that ended are freed once w:hits() took their counts
+    it("counts the hits of 17,000 threads over time (more than its table holds)", function()
+      local p, t, v = writer_target { "--until-eof" }
+      local w = p:watch(v.value, 4, "w")
+      t.proc:send("churn 17000\n")
+      for _ = 1, 600 do
+        if p:read_u64(v.writes) >= 17000 then break end
+        testproc.sleep(100)
+        w:hits()
+      end
+      assert.are.equal(17000, p:read_u64(v.writes))
+      local hits = w:hits()
+      assert.are.equal(17000, total(hits), ("%d hits, %d dropped"):format(total(hits), w.dropped))
+      assert.are.equal(0, w.dropped)
+      w:close()
+      p:close()
+      t:stop()
+    end)
+
     it("starts another tracer when the last one was killed", function()
       local p, t, v = writer_target {} -- no writer: no hit for the registers left set
       local w1 = p:watch(v.value, 4, "w")
