@@ -390,7 +390,6 @@ helpers.describe_watch_methods("p:watch()", function(method)
     p0:close()
     t0:stop()
     local t = helpers.start_target { args = { "--writer", "1", "--until-eof", "--main-exits" } }
-    local p = rmem.open(t.pid, ACCESS)
     local tid -- a thread still running (a zombie leader has no maps)
     for _ = 1, 100 do
       for line in io.popen("ls /proc/" .. t.pid .. "/task"):lines() do
@@ -399,6 +398,7 @@ helpers.describe_watch_methods("p:watch()", function(method)
       if helpers.read_file("/proc/" .. t.pid .. "/status"):match("State:%s*Z") then break end
       testproc.sleep(20)
     end
+    local p = rmem.open(t.pid, ACCESS)
     local value = program_base(("/proc/%d/task/%d/maps"):format(t.pid, tid)) + offset
     local w = p:watch(value, 4, "w")
     testproc.sleep(300)
@@ -485,6 +485,22 @@ helpers.describe_watch_methods("p:watch()", function(method)
       local hits = w:hits()
       assert.are.equal(17000, total(hits), ("%d hits, %d dropped"):format(total(hits), w.dropped))
       assert.are.equal(0, w.dropped)
+      w:close()
+      p:close()
+      t:stop()
+    end)
+
+    it("lets the target go when it runs another program (exec)", function()
+      local p, t, v = writer_target { "--until-eof", "--writer", "1" }
+      local w = p:watch(v.value, 4, "w")
+      testproc.sleep(200)
+      t.proc:send("exec /bin/cat\n") -- (ends when its input closes)
+      assert.are.equal(0, untraced(t.pid))
+      local e = helpers.error_of(function()
+        for _ = 1, 3 do w:hits() end -- (the first gives the hits made before)
+      end)
+      assert.are.equal("ESRCH", e.name)
+      assert.matches("replaced its program", e.hint)
       w:close()
       p:close()
       t:stop()

@@ -345,11 +345,16 @@ rb_err rw_open(rb_proc *p, uintptr_t addr, int size, int kind, rw_watch **out) {
 rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long long *dropped) {
   size_t i, k = 0;
   unsigned long long lost = 0; /* by the tracer */
+  rb_err err = 0;
   pthread_mutex_lock(&w->lock);
-  if (w->tracer)
+  if (w->tracer) {
     lost = rwp_take(w->tracer, w->slot, add_taken, w);
-  else
+    /* (the hits made before, if any, are given first) */
+    if (w->tused == 0 && rwp_replaced(w->tracer))
+      err = ESRCH;
+  } else {
     drain_all(w);
+  }
   *n = w->tused;
   if (w->tused <= cap) {
     for (i = 0; i < w->tsize; i++)
@@ -361,7 +366,7 @@ rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long l
   }
   *dropped = w->dropped + lost;
   pthread_mutex_unlock(&w->lock);
-  return 0;
+  return err;
 }
 
 void rw_close(rw_watch *w) {

@@ -59,6 +59,7 @@ typedef struct shared_hit {
 
 typedef struct shared {
   uint64_t dropped[4];
+  uint32_t replaced; /* the target ran exec: the tracer let it go and ended */
   shared_hit table[TABLE];
 } shared;
 
@@ -252,6 +253,14 @@ static void on_stop(tracer *tr, pid_t tid, int st) {
     return;
   sig = WSTOPSIG(st);
   event = st >> 16;
+  if (event == PTRACE_EVENT_EXEC) {
+    /* another program (setuid maybe: it must not run traced); exec cleared
+     * the registers and ended the other threads */
+    ptrace(PTRACE_DETACH, tid, 0, 0);
+    tr->n = 0;
+    __atomic_store_n(&tr->sh->replaced, 1, __ATOMIC_RELEASE);
+    return;
+  }
   if (event == PTRACE_EVENT_EXIT) {
     /* let go now: a leader that ends before its threads is a zombie
      * that no longer stops (each sync would wait for it in vain) */
@@ -372,7 +381,7 @@ static rb_err seize_all(tracer *tr) {
           continue;
         if (tr->n == MAX_THREADS)
           return EMFILE;
-        if (ptrace(PTRACE_SEIZE, tid, 0, (void *)(long)(PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXIT))) {
+        if (ptrace(PTRACE_SEIZE, tid, 0, (void *)(long)(PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXIT | PTRACE_O_TRACEEXEC))) {
           if (errno == ESRCH)
             continue;
           return (rb_err)errno;
@@ -437,7 +446,7 @@ static void tracer_main(tracer *tr, int sock, pid_t host) {
   prctl(PR_SET_NAME, "rmem-watch");
   err = tr->sigfd < 0 ? (rb_err)errno : getppid() != host ? ESRCH : seize_all(tr);
   send(sock, &err, sizeof err, MSG_NOSIGNAL);
-  while (!err) {
+  while (!err && !tr->sh->replaced) {
     struct pollfd f[2];
     command c;
     f[0].fd = sock;
@@ -660,6 +669,10 @@ unsigned long long rwp_take(rwp *t, int slot,
   dropped = __atomic_load_n(&t->sh->dropped[slot], __ATOMIC_RELAXED);
   pthread_mutex_unlock(&tracers_lock);
   return dropped;
+}
+
+int rwp_replaced(rwp *t) {
+  return (int)__atomic_load_n(&t->sh->replaced, __ATOMIC_ACQUIRE);
 }
 
 void rwp_disarm(rwp *t, int slot) {

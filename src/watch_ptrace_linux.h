@@ -22,6 +22,8 @@ unsigned long long rwp_take(rwp *t, int slot,
                             void (*add)(void *ctx, uintptr_t ip, unsigned long tid,
                                         unsigned long long n),
                             void *ctx);
+/* 1 once the target ran exec (the tracer let it go and ended). */
+int rwp_replaced(rwp *t);
 /* Clears slot on every thread; the last one ends the tracer, which clears
  * and detaches every thread first. */
 void rwp_disarm(rwp *t, int slot);

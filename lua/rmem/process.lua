@@ -90,14 +90,6 @@ function Process:_handle(op)
   return handle(self, op)
 end
 
---- Raises the rmem.Error for an OS failure of op, with the hints (for rmem's
--- own modules: p:watch); extra hints by error name apply where none fits.
-function Process:_fail(op, msg, code, address, hints)
-  local e = refine_hint(self, Error.from_os(op, msg, code, { pid = self.pid, address = address }))
-  e.hint = e.hint or hints and hints[e.name]
-  error(e, 0)
-end
-
 local function wrap(h, access)
   return setmetatable({
     pid = h:pid(), name = h:name(), bits = h:bits(),

@@ -101,6 +101,13 @@ local LINUX_HINTS = {
   EIO = "the watch's tracer (rmem-watch) was killed: close this watch; the next one starts another",
 }
 
+--- Linux: the rmem.Error for an OS failure, with process.lua's hints.
+local function linux_fail(p, op, msg, code, address)
+  local _, e = pcall(p._fail, p, op, msg, code, address)
+  e.hint = e.hint or LINUX_HINTS[e.name]
+  error(e, 0)
+end
+
 local function handle_of(p, op)
   return p:_handle(op)
 end
@@ -371,12 +378,9 @@ local function collect(w)
     veh.queues[w._slot] = {}
     dropped = veh.dropped_by[w._slot] - w._dropped_before
   else
-    local msg, code
-    raw, dropped = w._core:poll()
-    if not raw then
-      msg, code = dropped, nil
-      w._p:_fail("hits", msg, code, w.address, LINUX_HINTS)
-    end
+    local code
+    raw, dropped, code = w._core:poll()
+    if not raw then linux_fail(w._p, "hits", dropped, code, w.address) end
   end
   w.dropped = dropped
   local p, dis = w._p, w._dis
@@ -520,7 +524,7 @@ local function new_watch(p, address, size, kind)
     end
   else
     local c, msg, code = h:watch(a, size, KINDS[kind])
-    if not c then p:_fail("watch", msg, code, a, LINUX_HINTS) end
+    if not c then linux_fail(p, "watch", msg, code, a) end
     w._core = c
     w.method = c:method()
   end
