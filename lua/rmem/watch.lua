@@ -319,9 +319,16 @@ local function decoder()
   return ok and mod or nil
 end
 
+-- string instructions (rep stos, movs, ...): the CPU reports one with
+-- iterations left at its own address
+local STRING_OPS = { movs = true, stos = true, lods = true, cmps = true, scas = true, ins = true,
+  outs = true }
+
 --- The instruction that ends at `after` (the one the CPU reported for a data
 -- access), and its text: decoded forward from each of 64 bytes before it,
--- the boundary most decodings reach exactly is taken.
+-- the boundary most decodings reach exactly is taken. A rep string
+-- instruction at `after` itself is the one when the one before accesses no
+-- memory.
 local function instruction_before(p, dis, after)
   local from = math.max(after - 64, 0)
   local ok, bytes = pcall(p.read, p, from, after - from)
@@ -339,6 +346,13 @@ local function instruction_before(p, dis, after)
       votes[last.address] = v
       if not best or v > votes[best] then best, text = last.address, last.text end
     end
+  end
+  local ok_here, here = pcall(p.read, p, after, 15)
+  local rep = ok_here and dis.disasm(here, after, p.bits, 1)[1]
+  local op = rep and rep.text:match("^rep%a* (%a+)[bwdq] ")
+  if op and STRING_OPS[op] and not (text and text:find("%[") and not text:match("^lea")
+      and not text:match("^nop")) then
+    return after, rep.text
   end
   return best, text
 end
