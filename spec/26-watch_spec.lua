@@ -60,6 +60,17 @@ local function untraced(pid)
   return helpers.tracer_of(pid)
 end
 
+--- Runs a child host (lua5.4) with this script and returns what it printed
+-- (standard error too); shell: a command to run first (in the same shell).
+local function child_host(script, shell)
+  local cmd = ("%slua5.4 -e %q 2>&1"):format(shell and shell .. " && " or "", ("package.path=%q "
+    .. "package.cpath=%q "):format(package.path, package.cpath) .. script:gsub("\n", " "))
+  local child = io.popen(cmd, "r")
+  local out = child:read("a")
+  child:close()
+  return out
+end
+
 -- Every case runs on both platforms (under Wine 8 rmem never suspends a
 -- thread that may be inside a debug exception: README, "Watches"); on Linux
 -- with each method: perf events, and the ptrace fallback (chosen here by
@@ -357,19 +368,27 @@ helpers.describe_watch_methods("p:watch()", function(method)
     t:stop()
   end)
 
+  --- Has the target make n threads one after another that each write the
+  -- variable once (w:hits() every 100 ms meanwhile); returns the hits
+  -- counted and a message.
+  local function churn(p, t, v, w, n)
+    t.proc:send(("churn %d\n"):format(n))
+    for _ = 1, 600 do
+      if p:read_u64(v.writes) >= n then break end
+      testproc.sleep(100)
+      w:hits()
+    end
+    assert.are.equal(n, p:read_u64(v.writes))
+    local hits = total(w:hits())
+    return hits, ("%d hits, %d dropped"):format(hits, w.dropped)
+  end
+
   helpers.linux_it("counts every hit of 2,000 threads that each live for one write", function()
     local p, t, v = writer_target { "--until-eof" }
     local w = p:watch(v.value, 4, "w")
-    t.proc:send("churn 2000\n")
-    for _ = 1, 600 do
-      if p:read_u64(v.writes) >= 2000 then break end
-      testproc.sleep(50)
-    end
-    assert.are.equal(2000, p:read_u64(v.writes))
-    local hits = w:hits()
-    local msg = ("%d hits, %d dropped"):format(total(hits), w.dropped)
-    assert.are.equal(2000, total(hits) + w.dropped, msg)
-    assert.is_true(total(hits) >= 1900, msg)
+    local hits, msg = churn(p, t, v, w, 2000)
+    assert.are.equal(2000, hits + w.dropped, msg)
+    assert.is_true(hits >= 1900, msg)
     w:close()
     assert.is_true(p:is_alive())
     assert_clear(t.pid)
@@ -457,17 +476,12 @@ helpers.describe_watch_methods("p:watch()", function(method)
 
     it("works with few descriptors allowed (RLIMIT_NOFILE 32)", function()
       local p, t, v = writer_target { "--writer", "1" }
-      local script = ([[
+      local out = child_host(([[
         local rmem = require "rmem"
         local w <close> = rmem.open(%d, { access = "all" }):watch(%d, 4, "w")
         require("testproc").sleep(300)
         print(#w:hits())
-      ]]):gsub("\n", " "):format(t.pid, v.value)
-      local cmd = ("ulimit -n 32 && lua5.4 -e %q 2>&1"):format(("package.path=%q package.cpath=%q "):format(
-        package.path, package.cpath) .. script)
-      local child = io.popen(cmd, "r")
-      local out = child:read("a")
-      child:close()
+      ]]):format(t.pid, v.value), "ulimit -n 32")
       assert.are.equal("1\n", out)
       assert.are.equal(0, untraced(t.pid))
       p:close()
@@ -477,16 +491,11 @@ helpers.describe_watch_methods("p:watch()", function(method)
     it("says that another host's ptrace watch traces the target", function()
       local p, t, v = writer_target { "--writer", "1" }
       local w = p:watch(v.value, 4, "w")
-      local script = ([[
+      local out = child_host(([[
         local p = require("rmem").open(%d, { access = "all" })
         local _, e = pcall(p.watch, p, %d, 4, "w")
         print(e.name, e.hint)
-      ]]):gsub("\n", " "):format(t.pid, v.value)
-      local cmd = ("lua5.4 -e %q 2>&1"):format(("package.path=%q package.cpath=%q "):format(
-        package.path, package.cpath) .. script)
-      local child = io.popen(cmd, "r")
-      local out = child:read("a")
-      child:close()
+      ]]):format(t.pid, v.value))
       assert.matches("^EPERM\ta watch with the ptrace method %(p:watch, tracer pid %d+%) traces", out)
       w:close()
       p:close()
@@ -498,15 +507,8 @@ helpers.describe_watch_methods("p:watch()", function(method)
     it("counts the hits of 17,000 threads over time (more than its table holds)", function()
       local p, t, v = writer_target { "--until-eof" }
       local w = p:watch(v.value, 4, "w")
-      t.proc:send("churn 17000\n")
-      for _ = 1, 600 do
-        if p:read_u64(v.writes) >= 17000 then break end
-        testproc.sleep(100)
-        w:hits()
-      end
-      assert.are.equal(17000, p:read_u64(v.writes))
-      local hits = w:hits()
-      assert.are.equal(17000, total(hits), ("%d hits, %d dropped"):format(total(hits), w.dropped))
+      local hits, msg = churn(p, t, v, w, 17000)
+      assert.are.equal(17000, hits, msg)
       assert.are.equal(0, w.dropped)
       w:close()
       p:close()
@@ -573,16 +575,6 @@ helpers.describe_watch_methods("p:watch()", function(method)
     t:stop()
   end)
 end)
-
---- Runs a child host (lua5.4) with this script and returns what it printed.
-local function child_host(script)
-  local cmd = ("lua5.4 -e %q"):format(("package.path=%q package.cpath=%q "):format(package.path,
-    package.cpath) .. script:gsub("\n", " "))
-  local child = io.popen(cmd, "r")
-  local out = child:read("a")
-  child:close()
-  return out
-end
 
 describe("p:watch() where perf events are refused", function()
   helpers.linux_it("falls back to ptrace", function()
