@@ -58,7 +58,8 @@ local function refine_hint(p, e)
     e.hint = "the process replaced its program (exec): this handle and its regions refer to "
       .. "the old one; rmem.open(pid) opens the new program"
   elseif h and h:is_alive() == false then
-    e.hint = ("the process has exited (exit code %s)"):format(tostring(h:exit_code()))
+    local code = h:exit_code() -- (unknown for a process not the host's child)
+    e.hint = "the process has exited" .. (code and (" (exit code %d)"):format(code) or "")
   elseif e.name == "EPERM" then
     e.hint = ptrace_cause(p.pid) or e.hint
   end
