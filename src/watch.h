@@ -1,9 +1,10 @@
 /*
  * Hardware watches (p:watch): the part that needs the OS's help.
  *
- * Linux (watch_linux.c): one perf_event_open(PERF_TYPE_BREAKPOINT) event
- * per thread of the target, each with a sample ring that a host thread
- * drains and that also opens events on threads created later.
+ * Linux (watch_linux.c): perf_event_open(PERF_TYPE_BREAKPOINT) events on
+ * every thread of the target and CPU, inherited by the threads created
+ * later, with a sample ring per CPU that a host thread drains; or the
+ * debug registers set by a tracer process (watch_ptrace_linux.c).
  *
  * Windows (backend_win.c): rb_debug_registers sets rmem's debug registers
  * on the threads the host may stop; the handler that records the hits and

@@ -7,11 +7,13 @@
  * detach leaves the registers set: the next hit would kill the target).
  *
  * The tracer seizes every thread (PTRACE_O_TRACECLONE: new threads are
- * traced and armed from their first stop), counts hits by (instruction,
- * thread, register) into a table the host maps (MAP_SHARED, made before
- * the clone), and obeys arm/disarm commands on a socket. When the socket
- * closes (the last watch closed, or the host died) or the host is gone
- * (PR_SET_PDEATHSIG), it clears every register it used and detaches every
+ * traced and armed from their first stop; a zombie leader is left alone),
+ * counts hits by (instruction, thread, register) into a table the host maps
+ * (MAP_SHARED, made before the clone), and obeys arm/disarm commands on a
+ * socket. A thread is let go at its exit (PTRACE_O_TRACEEXIT), the whole
+ * target at an exec (PTRACE_O_TRACEEXEC: the tracer then ends). When the
+ * host says quit (its last watch closed) or is gone (the socket closes,
+ * PR_SET_PDEATHSIG), it clears every register it used and detaches every
  * thread, each once no hit of its own is still pending: such a SIGTRAP,
  * delivered after the detach, would kill the target. Only a SIGKILL of the
  * tracer itself can leave registers set.
