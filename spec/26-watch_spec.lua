@@ -312,6 +312,132 @@ helpers.describe_watch_methods("p:watch()", function(method)
     t:stop()
   end)
 
+  -- A host that dies between writing the handler and the return of
+  -- AddVectoredExceptionHandler leaves memory that is not a registered
+  -- handler: the next host must not take it over (the first hit would then
+  -- find no handler and kill the target).
+  helpers.win_it("takes over no handler that a host left before it was registered", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local left
+    local call_with = p.call_with
+    p.call_with = function(self, fn, args, opts) -- the memory as the call finds it
+      left = self:read(args[2], 1024)
+      return call_with(self, fn, args, opts)
+    end
+    watch_briefly(p, v)
+    p.call_with = nil
+    p:close()
+    t:stop()
+    local p2, t2, v2 = writer_target { "--writer", "1" }
+    local r = p2:alloc(4096, { protect = "rwx" })
+    r:write(0, left)
+    r:keep()
+    watch_briefly(p2, v2)
+    testproc.sleep(200 * SLOW)
+    assert.is_true(p2:is_alive())
+    p2:close()
+    t2:stop()
+  end)
+
+  -- A call that timed out may still have registered the handler: its memory
+  -- stays (an exception in the target runs through it).
+  helpers.win_it("keeps the handler's memory when installing it timed out", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local call_with, at = p.call_with, nil
+    p.call_with = function(self, fn, args, opts) -- registered, then timed out
+      at = args[2]
+      call_with(self, fn, args, opts)
+      error(rmem.Error.new { op = "call_with", name = "ERROR_TIMEOUT", code = 1460, pid = self.pid,
+        message = "This operation returned because the timeout period expired." }, 0)
+    end
+    assert.are.equal("ERROR_TIMEOUT", helpers.error_of(p.watch, p, v.value, 4, "w").name)
+    p.call_with = nil
+    assert.are.equal(16, #p:read(at, 16))
+    -- an access violation passes through it to rmem's call handler
+    assert.are.equal("EXCEPTION_ACCESS_VIOLATION", helpers.error_of(p.call_with, p, 16, {}).name)
+    assert.is_true(p:is_alive())
+    watch_briefly(p, v) -- a handler of its own: that one never said it was registered
+    assert.are.equal(1, handlers(p))
+    p:close()
+    t:stop()
+  end)
+
+  -- Two hosts: the later one takes the handler over; the earlier one's
+  -- watches end (here the second host is a second copy of the module, with a
+  -- handler record of its own).
+  helpers.win_it("ends the earlier host's watches when another host takes the handler over", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local a = p:watch(v.value, 4, "w")
+    local saved, other = package.loaded["rmem.watch"], {}
+    package.loaded["rmem.watch"] = nil
+    local ok, err = pcall(function() require("rmem.watch").install(other) end)
+    package.loaded["rmem.watch"] = saved
+    assert(ok, err)
+    local b = other.watch(p, v.value, 4, "w")
+    local e = helpers.error_of(a.hits, a)
+    assert.are.equal("WATCH_TAKEN_OVER", e.name)
+    assert.is_true(a:close()) -- publishes nothing: b keeps its register
+    local n0 = total(b:hits())
+    testproc.sleep(300 * SLOW)
+    assert.is_true(total(b:hits()) > n0 + 10)
+    b:close()
+    assert_clear(t.pid)
+    p:close()
+    t:stop()
+  end)
+
+  -- The handler's code run on made-up arguments in the target: a hit of
+  -- slots 0 and 1 that finds the ring full (data layout: watch.lua).
+  helpers.win_it("counts a hit of several slots that finds the ring full in each slot's dropped", function()
+    local p, t, v = writer_target {}
+    p:watch(v.value, 4, "w"):close() -- installs the handler
+    local sig = p:scan_all { bytes = "rmem-watch-veh-2", mask = ("x"):rep(16) }
+    assert.are.equal(1, #sig)
+    local DATA = 512
+    local code = p:read(sig[1] - 128 - DATA, DATA)
+    local r = p:alloc(16384, { protect = "rwx" })
+    local rec, ctx, ep = 0x1000, 0x2000, 0x3000
+    r:write(0, code)
+    -- slots 0 and 1 active and rmem's; head - tail = the ring's size
+    r:write(DATA, string.pack("<I4I4I8I8", 3, 3, 32768, 0))
+    r:write(rec, string.pack("<I4", 0x80000004))
+    r:write(ctx + 0x30, string.pack("<I4", 0x100010))
+    r:write(ctx + 0x68, string.pack("<I8", 3)) -- Dr6: slots 0 and 1 hit
+    r:write(ep, string.pack("<I8I8", r.address + rec, r.address + ctx))
+    assert.are.equal(0xFFFFFFFF, p:call_with(r.address, { r.address + ep }))
+    local d0, d1, d2, d3 = string.unpack("<I8I8I8I8", r:read(DATA + 24, 32))
+    assert.are.same({ 1, 1, 0, 0 }, { d0, d1, d2, d3 })
+    r:free()
+    p:close()
+    t:stop()
+  end)
+
+  helpers.win_it("says to open the process with access \"all\"", function()
+    local p, t, v = writer_target {}
+    local plain = rmem.open(t.pid)
+    local e = helpers.error_of(plain.watch, plain, v.value, 4, "w")
+    assert.are.equal("watch", e.op)
+    assert.are.equal("ERROR_ACCESS_DENIED", e.name)
+    assert.matches('{ access = "all" }', e.hint, 1, true)
+    plain:close()
+    p:close()
+    t:stop()
+  end)
+
+  -- The host's own thread: armed by a short-lived thread of the host (Linux:
+  -- perf events and the tracer see every thread alike).
+  helpers.win_it("sees the host's own thread in a watch on rmem.self()", function()
+    local me = rmem.self()
+    local tbl, mt1, mt2 = {}, {}, {}
+    -- Lua 5.4's Table: its metatable pointer at +40, written by setmetatable
+    local at = tonumber(("%p"):format(tbl):gsub("^0x", ""), 16) + 40
+    local w <close> = me:watch(at, 8, "w")
+    for i = 1, 200 do setmetatable(tbl, i % 2 == 0 and mt1 or mt2) end
+    assert.are.equal(200, total(w:hits()) + w.dropped)
+    w:close()
+    me:close()
+  end)
+
   -- The writer attempts 100 writes a millisecond (catching up late ones); a
   -- watched write costs it about 10 us with perf events (so 100,000 a second
   -- take a whole CPU: reached on an idle machine, about 30,000 with 8 busy
@@ -548,6 +674,52 @@ helpers.describe_watch_methods("p:watch()", function(method)
       t:stop()
     end)
   end
+
+  it("p:close() closes the process's watches first", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local w = p:watch(v.value, 4, "w")
+    testproc.sleep(200 * SLOW)
+    p:close()
+    assert.are.equal("WATCH_CLOSED", helpers.error_of(w.hits, w).name)
+    assert.is_true(w:close())
+    if helpers.linux then
+      assert.are.equal(0, testproc.perf_events())
+      assert.are.equal(0, untraced(t.pid))
+    end
+    assert_clear(t.pid)
+    t:stop()
+  end)
+
+  it("gives the hits collected until the target exited", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local w = p:watch(v.value, 4, "w")
+    testproc.sleep(300 * SLOW)
+    local n = total(w:hits())
+    assert.is_true(n > 10)
+    t:stop()
+    assert.is_true(total(w:hits()) >= n)
+    assert.is_true(w:close())
+    p:close()
+  end)
+
+  it("watches execution of an instruction at any address, one byte by default", function()
+    local p, t, v = writer_target { "--writer", "1" }
+    local _, hi = range_of(p, v.writer)
+    local ret = has_disasm and hi - 1 or v.writer -- the writer's ret: 6 bytes in
+    local w = p:watch(ret, nil, "x")
+    assert.are.equal(1, w.size)
+    testproc.sleep(500 * SLOW)
+    local hits = w:hits()
+    assert.is_true(#hits >= 1 and hits[1].count > 10, "hits: " .. #hits)
+    assert.are.equal(ret, hits[1].address)
+    if has_disasm then assert.matches("^ret", hits[1].text) end
+    w:close()
+    assert.has_error(function() p:watch(ret, 4, "x") end,
+      "bad argument #2 to 'watch' (size must be 1 for \"x\" (an instruction), got 4)")
+    assert.is_true(p:is_alive())
+    p:close()
+    t:stop()
+  end)
 
   it("refuses bad input with clear errors", function()
     local p, t, v = writer_target {}

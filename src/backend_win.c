@@ -512,6 +512,35 @@ static rb_err arm_thread(DWORD tid, const rb_dr_state *want) {
   return err;
 }
 
+typedef struct {
+  DWORD tid;
+  const rb_dr_state *want;
+  rb_err err;
+} caller_arm;
+
+static DWORD WINAPI arm_caller(LPVOID arg) {
+  caller_arm *a = (caller_arm *)arg;
+  a->err = arm_thread(a->tid, a->want);
+  return 0;
+}
+
+/* The host's own thread (a watch on rmem.self()) cannot suspend itself: a
+ * short-lived thread of the host sets it while it waits here, in rmem's C
+ * code and so not inside a debug exception (see arm_thread). */
+static rb_err arm_current(const rb_dr_state *want) {
+  caller_arm a;
+  HANDLE t;
+  a.tid = GetCurrentThreadId();
+  a.want = want;
+  a.err = 0;
+  t = CreateThread(NULL, 0, arm_caller, &a, 0, NULL);
+  if (t == NULL)
+    return GetLastError();
+  WaitForSingleObject(t, INFINITE);
+  CloseHandle(t);
+  return a.err;
+}
+
 rb_err rb_debug_registers(rb_proc *p, const rb_dr_state *want, const unsigned long *skip,
                           size_t nskip, unsigned long *seen, size_t cap, size_t *threads) {
   HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
@@ -526,13 +555,12 @@ rb_err rb_debug_registers(rb_proc *p, const rb_dr_state *want, const unsigned lo
       rb_err e = 0;
       size_t k;
       int known = 0;
-      /* never the host's own thread: it would suspend itself */
-      if (te.th32OwnerProcessID != p->pid || te.th32ThreadID == GetCurrentThreadId())
+      if (te.th32OwnerProcessID != p->pid)
         continue;
       for (k = 0; k < nskip && !known; k++)
         known = skip[k] == te.th32ThreadID;
       if (!known && want != NULL)
-        e = arm_thread(te.th32ThreadID, want);
+        e = te.th32ThreadID == GetCurrentThreadId() ? arm_current(want) : arm_thread(te.th32ThreadID, want);
       if (*threads < cap)
         seen[*threads] = te.th32ThreadID;
       /* a thread that ended meanwhile is no failure */

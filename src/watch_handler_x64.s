@@ -85,10 +85,15 @@ retry:
         mov [rcx+18], ax
         jmp done
 full:
+        # a hit of several slots counts in each one's dropped
         and r8d, 0xF
         jz done
-        bsf r8d, r8d
-        lock inc qword ptr [r9+24+8*r8]
+3:
+        bsf ecx, r8d
+        lock inc qword ptr [r9+24+8*rcx]
+        lea eax, [r8-1]
+        and r8d, eax
+        jnz 3b
 done:
         or dword ptr [rdx+0x44], 0x10000
         mov eax, -1

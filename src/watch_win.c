@@ -273,6 +273,13 @@ rb_err rw_ring_take(rw_ring *r, rb_proc *p, rw_ring_hit *hits, size_t hcap, size
   unsigned s;
   EnterCriticalSection(&r->lock);
   e = drain(r, p);
+  if (e) {
+    int alive = 1, known;
+    unsigned long code;
+    /* of a process that has exited: the hits drained until then */
+    if (rb_status(p, &alive, &code, &known) == 0 && !alive)
+      e = 0;
+  }
   *nhits = r->hused;
   *nthreads = r->nthreads;
   if (!e && r->hused <= hcap && r->nthreads <= tcap) {

@@ -52,7 +52,14 @@ local SIZE = DATA + D_RING + RING * 32
 -- a thread with rmem's registers that made no hit for this long is taken to
 -- be away from the watched memory (Wine: see above)
 local QUIET = 0.25
-local SETTLE_MAX = 30 -- seconds a change may wait for busy threads
+local SETTLE_MAX = 30 -- seconds a new watch may wait for busy threads
+-- seconds w:close() waits for them (the collector does not wait): a thread
+-- left with a closed watch's register clears it on its next hit
+local CLOSE_MAX = 2
+-- what installing the handler needs (VirtualAllocEx, WriteProcessMemory, a
+-- remote thread)
+local ACCESS_NEEDED = core.flags.PROCESS_CREATE_THREAD | core.flags.PROCESS_VM_OPERATION
+  | core.flags.PROCESS_VM_READ | core.flags.PROCESS_VM_WRITE | core.flags.PROCESS_QUERY_INFORMATION
 
 -- The handler, x86-64 (LONG handler(EXCEPTION_POINTERS *ep)), with its data
 -- at rip-relative DATA (src/watch_handler_x64.s; its bytes follow):
@@ -71,16 +78,17 @@ local SETTLE_MAX = 30 -- seconds a change may wait for busy threads
 --     none of rmem's registers enabled }, its sequence (index + 1) written last;
 --     a hit that finds the ring full counts in dropped[its slot]
 --   EFlags.RF (for "x"); CONTINUE_EXECUTION
-local HANDLER = ("488b018138040000800f8575010000488b51084c8b426841f7c0004000000f85600100004c8d0dd5"
-  .. "0100004489c0412341040f844c010000458b5968498b494048f7d148234a70490b49384531d2483b"
+local HANDLER = ("488b018138040000800f8582010000488b51084c8b426841f7c0004000000f856d0100004c8d0dd5"
+  .. "0100004489c0412341040f8459010000458b5968498b494048f7d148234a70490b49384531d2483b"
   .. "4a70410f95c24985494075074181ca0080000048894a7041f74104010000007411498b4948483b4a"
   .. "48740748894a4841b20141f74104020000007411498b4950483b4a50740748894a5041b20141f741"
   .. "04040000007411498b4958483b4a58740748894a5841b20141f74104080000007411498b4960483b"
   .. "4a60740748894a6041b2014584d2741148c7426800000000814a3010001000eb04836230ef452301"
-  .. "4183e00f4489d083e0014409c074784181e2008000004509d0498b41084889c1492b49104881f900"
-  .. "800000734a488d4801f0490fb1490875e44889c14881e1ff7f000048c1e105498d8c09000100004c"
-  .. "8b92f80000004c8911654c8b142548000000448951084489590c6644894110ffc066894112eb1041"
-  .. "83e00f740a450fbcc0f04bff44c118814a4400000100b8ffffffffc331c0c3"):gsub("..", function(h)
+  .. "4183e00f4489d083e0014409c00f84810000004181e2008000004509d0498b41084889c1492b4910"
+  .. "4881f900800000734a488d4801f0490fb1490875e44889c14881e1ff7f000048c1e105498d8c0900"
+  .. "0100004c8b92f80000004c8911654c8b142548000000448951084489590c6644894110ffc0668941"
+  .. "12eb194183e00f7413410fbcc8f049ff44c918418d40ff4121c075ed814a4400000100b8ffffffff"
+  .. "c331c0c3"):gsub("..", function(h)
     return string.char(tonumber(h, 16))
   end)
 
@@ -205,12 +213,12 @@ end
 --- Windows: brings every thread to the state last published. Threads the
 -- handler updated (an entry of this generation) are left alone; under Wine
 -- so are those with rmem's registers that hit within QUIET seconds (they
--- update themselves on their next hit): with `wait`, until none is left,
--- else once.
+-- update themselves on their next hit): for up to `wait` seconds until none
+-- is left (false when some still are), else once.
 local function settle(p, veh, op, wait)
   local h = handle_of(p, op)
   local g, st = veh.gen, veh.state
-  local give_up = clock() + SETTLE_MAX
+  local give_up = clock() + (wait or 0)
   while true do
     read_ring(p, veh)
     local now, skip, busy = clock(), {}, false
@@ -236,13 +244,32 @@ local function settle(p, veh, op, wait)
     for tid in pairs(veh.threads) do
       if not present[tid] then veh.threads[tid] = nil end -- ended
     end
-    if not (wait and busy) then return end
-    if clock() > give_up then
-      fail(op, p.pid, "WATCH_BUSY", ("a thread of process %d kept its debug registers busy for %d s.")
-        :format(p.pid, SETTLE_MAX))
-    end
+    if not busy then return true end
+    if not wait or clock() > give_up then return false end
     core.sleep(1)
   end
+end
+
+--- settle until every thread has the state, or WATCH_BUSY after SETTLE_MAX s.
+local function settle_all(p, veh, op)
+  if not settle(p, veh, op, SETTLE_MAX) then
+    fail(op, p.pid, "WATCH_BUSY", ("a thread of process %d kept its debug registers busy for %d s.")
+      :format(p.pid, SETTLE_MAX))
+  end
+end
+
+--- Windows: whether the handler is still this host's: a host that took it
+-- over wrote a nonce of its own (true also when it cannot be read: the
+-- process has exited, which the caller finds out).
+local function owned(p, veh)
+  local ok, nonce = pcall(p.read_u64, p, veh.data + D_NONCE)
+  return not ok or nonce == veh.nonce
+end
+
+--- Whether the process is still open and running.
+local function running(p)
+  local h = p._h
+  return h ~= nil and h:is_alive() ~= false
 end
 
 --- An earlier host's handler in the process (found by its signature at the
@@ -288,7 +315,7 @@ local function handler_of(p)
       h.threads[tid] = { gen = -1, seen = now }
     end
     publish(p, h)
-    settle(p, h, "watch", true)
+    settle_all(p, h, "watch")
     installed[p.pid] = h
     return h
   end
@@ -297,16 +324,26 @@ local function handler_of(p)
   local r = p:alloc(SIZE, { protect = "rwx" })
   local ok, err = pcall(function()
     r:write(0, HANDLER)
-    r:write(DATA + D_NONCE, string.pack("<I8", nonce) .. ("\0"):rep(8) .. SIGNATURE)
-    if p:call_with(add, { 1, r.address }) == 0 then
-      fail("watch", p.pid, "NO_VEH", "AddVectoredExceptionHandler failed in the process.")
-    end
+    r:write(DATA + D_NONCE, string.pack("<I8", nonce))
   end)
   if not ok then
     r:free()
     error(err, 0)
   end
-  r:keep() -- a handler that may still run must never be freed
+  -- From the call on, the handler may be registered (a call that timed out
+  -- may have run), and one that may still run is never freed. The
+  -- signature, which a later host's find_handler looks for, is written only
+  -- once AddVectoredExceptionHandler has returned: a host that dies before
+  -- leaves memory that no one takes for a handler.
+  r:keep()
+  local registered
+  ok, registered = pcall(p.call_with, p, add, { 1, r.address })
+  if ok and registered == 0 then
+    r:free()
+    fail("watch", p.pid, "NO_VEH", "AddVectoredExceptionHandler failed in the process.")
+  end
+  if not ok then error(registered, 0) end
+  r:write(DATA + D_SIG, SIGNATURE)
   h = record_of(p, r.address, nonce, 0)
   installed[p.pid] = h
   return h
@@ -385,9 +422,19 @@ local function collect(w)
   if w._closed then return end
   local raw, dropped
   if windows then
-    local veh = w._veh
-    drain_for(w._p, veh, "hits")
-    settle(w._p, veh, "hits", false) -- reads the ring; arms new threads
+    local p, veh = w._p, w._veh
+    if not owned(p, veh) then
+      fail("hits", p.pid, "WATCH_TAKEN_OVER", "another host took over the process's watch "
+        .. "handler: this watch has ended.", "two hosts cannot watch one process at once; "
+        .. "close this watch (p:watch again takes the handler back)")
+    end
+    -- takes what the ring's thread drained, arms new threads; of a target
+    -- that has exited, what was drained until then
+    local ok, err = pcall(function()
+      drain_for(p, veh, "hits")
+      settle(p, veh, "hits", false)
+    end)
+    if not ok and running(p) then error(err, 0) end
     raw = veh.queues[w._slot]
     veh.queues[w._slot] = {}
     dropped = veh.dropped_by[w._slot] - w._dropped_before
@@ -457,10 +504,11 @@ function Watch:close()
       veh.want[self._slot] = nil
       veh.queues[self._slot] = nil
       -- the handler keeps swallowing the slot's hits in flight (it stays
-      -- one of rmem's) and clears it on each thread that hits it again
-      if h and h:is_alive() then
+      -- one of rmem's) and clears it on each thread that hits it again; a
+      -- handler another host took over is that host's
+      if h and h:is_alive() and owned(p, veh) then
         publish(p, veh)
-        settle(p, veh, "close", true)
+        settle(p, veh, "close", not self._collected and CLOSE_MAX)
       end
       if next(veh.used) == nil then veh.ring:stop() end
     end
@@ -472,7 +520,10 @@ function Watch:close()
 end
 
 Watch.__close = Watch.close
-Watch.__gc = function(w) pcall(Watch.close, w) end
+Watch.__gc = function(w)
+  w._collected = true -- at the host's exit too: no waiting
+  pcall(Watch.close, w)
+end
 
 function Watch:__tostring()
   return ("rmem.Watch 0x%X %d bytes %s, %d hits%s%s"):format(self.address, self.size, self.kind,
@@ -482,20 +533,29 @@ end
 --- p:watch(address, size, kind): kind "w" (default), "rw" or "x".
 local function new_watch(p, address, size, kind)
   local a = check.address(address, 1, "watch")
-  size = check.integer(size == nil and 4 or size, 2, "watch", "size")
-  if size ~= 1 and size ~= 2 and size ~= 4 and size ~= 8 then
-    check.argerror(2, "watch", ("size must be 1, 2, 4 or 8, got %d"):format(size))
-  end
-  if a % size ~= 0 then
-    check.argerror(1, "watch", ("address 0x%X is not aligned to the size (%d)"):format(a, size))
-  end
   kind = kind == nil and "w" or kind
   if KINDS[kind] == nil then
     check.argerror(3, "watch", ("kind must be \"w\", \"rw\" or \"x\", got %s"):format(tostring(kind)))
   end
+  -- an instruction: DR7's LEN 0 (one byte), at any address
+  size = check.integer(size == nil and (kind == "x" and 1 or 4) or size, 2, "watch", "size")
+  if kind == "x" then
+    if size ~= 1 then
+      check.argerror(2, "watch", ("size must be 1 for \"x\" (an instruction), got %d"):format(size))
+    end
+  elseif size ~= 1 and size ~= 2 and size ~= 4 and size ~= 8 then
+    check.argerror(2, "watch", ("size must be 1, 2, 4 or 8, got %d"):format(size))
+  elseif a % size ~= 0 then
+    check.argerror(1, "watch", ("address 0x%X is not aligned to the size (%d)"):format(a, size))
+  end
   local h = handle_of(p, "watch")
   local used, veh
   if windows then
+    if p._access & ACCESS_NEEDED ~= ACCESS_NEEDED then
+      fail("watch", p.pid, "ERROR_ACCESS_DENIED", ("process %d was opened without the access a "
+        .. "watch needs (it writes a handler into the process and runs a thread there)."):format(p.pid),
+        "open it with rmem.open(pid, { access = \"all\" })")
+    end
     veh = handler_of(p)
     used = veh.used
   else
@@ -525,13 +585,13 @@ local function new_watch(p, address, size, kind)
     local ok, err = pcall(function()
       drain_for(p, veh, "watch")
       publish(p, veh)
-      settle(p, veh, "watch", true)
+      settle_all(p, veh, "watch")
     end)
     if not ok then -- undone: the slot closed again on every thread that took it
       veh.want[slot], veh.queues[slot] = nil, nil
       pcall(function()
         publish(p, veh)
-        settle(p, veh, "watch", true)
+        settle_all(p, veh, "watch")
       end)
       if next(veh.used) == nil then veh.ring:stop() end
       error(err, 0)
@@ -544,16 +604,30 @@ local function new_watch(p, address, size, kind)
   end
   used[slot] = w
   w._closed = nil
+  local open = rawget(p, "_watches")
+  if not open then
+    open = setmetatable({}, { __mode = "k" })
+    p._watches = open
+  end
+  open[w] = true
   return w
 end
 
 function watch.install(Process)
   Process.watch = new_watch
-  -- a process stops the ring threads it started before its handle closes
+  -- a process closes its watches before its handle (which they need to
+  -- disarm the threads), and stops the ring threads it started; the handle
+  -- closes also when a watch's close fails
   local close = Process.close
   function Process:close()
+    local first
+    for w in pairs(rawget(self, "_watches") or {}) do
+      local ok, err = pcall(Watch.close, w)
+      first = first or not ok and err or nil
+    end
     for veh in pairs(rawget(self, "_watch_records") or {}) do veh.ring:stop() end
-    return close(self)
+    close(self)
+    if first then error(first, 0) end
   end
   Process.__close = Process.close
 end
