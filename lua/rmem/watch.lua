@@ -76,7 +76,7 @@ local ACCESS_NEEDED = core.flags.PROCESS_CREATE_THREAD | core.flags.PROCESS_VM_O
 --     cmpxchg on head (tail + RING = full), { Rip, tid = gs:[0x48], gen,
 --     slots hit (none: a change only) | 0x8000 when the thread is left with
 --     none of rmem's registers enabled }, its sequence (index + 1) written last;
---     a hit that finds the ring full counts in dropped[its slot]
+--     a hit that finds the ring full counts in dropped[s] of each slot s hit
 --   EFlags.RF (for "x"); CONTINUE_EXECUTION
 local HANDLER = ("488b018138040000800f8582010000488b51084c8b426841f7c0004000000f856d0100004c8d0dd5"
   .. "0100004489c0412341040f8459010000458b5968498b494048f7d148234a70490b49384531d2483b"
