@@ -604,12 +604,8 @@ local function new_watch(p, address, size, kind)
   end
   used[slot] = w
   w._closed = nil
-  local open = rawget(p, "_watches")
-  if not open then
-    open = setmetatable({}, { __mode = "k" })
-    p._watches = open
-  end
-  open[w] = true
+  p._watches = rawget(p, "_watches") or setmetatable({}, { __mode = "k" }) -- for p:close()
+  p._watches[w] = true
   return w
 end
 
@@ -622,7 +618,7 @@ function watch.install(Process)
   function Process:close()
     local first
     for w in pairs(rawget(self, "_watches") or {}) do
-      local ok, err = pcall(Watch.close, w)
+      local ok, err = pcall(w.close, w)
       first = first or not ok and err or nil
     end
     for veh in pairs(rawget(self, "_watch_records") or {}) do veh.ring:stop() end
