@@ -694,10 +694,8 @@ helpers.describe_watch_methods("p:watch()", function(method)
     local p, t, v = writer_target { "--writer", "1" }
     local w = p:watch(v.value, 4, "w")
     testproc.sleep(300 * SLOW)
-    local n = total(w:hits())
-    assert.is_true(n > 10)
-    t:stop()
-    assert.is_true(total(w:hits()) >= n)
+    t:stop() -- none taken before
+    assert.is_true(total(w:hits()) > 10)
     assert.is_true(w:close())
     p:close()
   end)
