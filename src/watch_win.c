@@ -179,7 +179,7 @@ static rb_err drain(rw_ring *r, rb_proc *p) {
     r->dropped_at = now;
   while (t < head) {
     /* what is left of the ring from t's entry on, a chunk at a time */
-    size_t first = (size_t)(t % RING), n = (size_t)(head - t), i;
+    size_t first = (size_t)(t % RING), n = (size_t)(head - t), i, k;
     if (n > RING - first)
       n = RING - first;
     if (n > CHUNK)
@@ -189,11 +189,18 @@ static rb_err drain(rw_ring *r, rb_proc *p) {
     for (i = 0; i < n; i++) {
       uint16_t seq;
       memcpy(&seq, r->buf + ENTRY * i + 18, 2);
-      if (seq != (uint16_t)(t + 1))
+      if (seq != (uint16_t)(t + i + 1))
         break; /* reserved, not written yet */
-      record(r, r->buf + ENTRY * i, now);
-      t++;
     }
+    /* The copy may have read an entry's payload before the handler wrote
+     * it and its sequence after: read the complete ones again (the handler
+     * wrote their payload before their sequence, and cannot reuse them
+     * before the tail moves). */
+    if (i > 0 && (e = rb_read(p, r->data + D_RING + ENTRY * first, r->buf, ENTRY * i, &done)))
+      break;
+    for (k = 0; k < i; k++)
+      record(r, r->buf + ENTRY * k, now);
+    t += i;
     if (i < n)
       break;
   }
