@@ -125,11 +125,7 @@ describe("examples for modding", function()
     assert.is_true(math.abs(cave - tick) < 0x7FFF0000)
   end)
 
-  -- under Wine 8 closing a watch on a thread taking hits can hang (README, "Watches")
-  local watch_it = helpers.wine and function(name)
-    require("busted").pending(name .. " (can hang under Wine 8)")
-  end or it
-  watch_it("find_writer.lua names the instruction that writes the value", function()
+  it("find_writer.lua names the instruction that writes the value", function()
     local t = helpers.start_target { args = { "--writer", "1" } }
     local out = run_example("find_writer.lua", tostring(t.pid))
     local p <close> = require("rmem").open(t.pid)
