@@ -29,7 +29,6 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "watch.h"
@@ -239,13 +238,6 @@ static rb_err rescan(rw_watch *w) {
   return err;
 }
 
-static void sleep_ms(long ms) {
-  struct timespec ts;
-  ts.tv_sec = ms / 1000;
-  ts.tv_nsec = ms % 1000 * 1000000L;
-  nanosleep(&ts, NULL);
-}
-
 static void *drainer(void *arg) {
   rw_watch *w = (rw_watch *)arg;
   for (;;) {
@@ -256,7 +248,7 @@ static void *drainer(void *arg) {
     }
     drain_all(w);
     pthread_mutex_unlock(&w->lock);
-    sleep_ms(DRAIN_MS);
+    rb_sleep(DRAIN_MS);
   }
 }
 
@@ -371,21 +363,14 @@ rb_err rw_poll(rw_watch *w, rw_hit *list, size_t cap, size_t *n, unsigned long l
 
 void rw_close(rw_watch *w) {
   size_t i;
+  int owned;
   if (w == NULL)
     return;
-  if (w->owner != getpid()) {
-    /* a copy in a process the host forked: the events, the drainer and
-     * the tracer are the host's (and its lock may have been held at the fork) */
-    if (w->tracer)
-      rwp_disarm(w->tracer, w->slot);
-    close_events(w);
-    free(w->events);
-    free(w->rings);
-    free(w->table);
-    free(w);
-    return;
-  }
-  if (w->running) {
+  /* in a copy in a process the host forked, the events, the drainer and
+   * the tracer are the host's (and its lock may have been held at the
+   * fork): only the copies are freed (rwp_disarm does no more there) */
+  owned = w->owner == getpid();
+  if (owned && w->running) {
     pthread_mutex_lock(&w->lock);
     w->stop = 1;
     pthread_mutex_unlock(&w->lock);
@@ -396,17 +381,18 @@ void rw_close(rw_watch *w) {
   /* out of the debug registers of every thread first (the threads that
    * inherited an event too), while the events still exist to claim any
    * debug exception already on its way */
-  for (i = 0; i < w->nevents; i++)
-    ioctl(w->events[i].fd, PERF_EVENT_IOC_DISABLE, 0);
-  if (w->nevents) {
-    sleep_ms(DRAIN_MS);
+  if (owned && w->nevents) {
+    for (i = 0; i < w->nevents; i++)
+      ioctl(w->events[i].fd, PERF_EVENT_IOC_DISABLE, 0);
+    rb_sleep(DRAIN_MS);
     drain_all(w);
   }
   close_events(w);
   free(w->events);
   free(w->rings);
   free(w->table);
-  pthread_mutex_destroy(&w->lock);
+  if (owned)
+    pthread_mutex_destroy(&w->lock);
   free(w);
 }
 

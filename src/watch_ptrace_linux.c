@@ -208,6 +208,15 @@ static void decimal(char *buf, unsigned long v) {
   *buf = 0;
 }
 
+/* A thread newly traced (there is room: the callers checked). */
+static thread *track(tracer *tr, pid_t tid) {
+  thread *t = &tr->th[tr->n++];
+  t->tid = tid;
+  t->gen = 0;
+  t->hit = 0;
+  return t;
+}
+
 /* A thread of the target first seen at a stop (a traced clone that is a
  * new process instead is let go). */
 static thread *adopt(tracer *tr, pid_t tid) {
@@ -221,10 +230,7 @@ static thread *adopt(tracer *tr, pid_t tid) {
     return NULL;
   }
   close(fd);
-  tr->th[tr->n].tid = tid;
-  tr->th[tr->n].gen = 0;
-  tr->th[tr->n].hit = 0;
-  return &tr->th[tr->n++];
+  return track(tr, tid);
 }
 
 static void forget(tracer *tr, thread *t) {
@@ -321,14 +327,14 @@ static int stale(const tracer *tr) {
   return 0;
 }
 
-/* Every thread stopped once to take the wanted registers (while quitting:
- * and detached). */
 static long long now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Every thread stopped once to take the wanted registers (while quitting:
+ * and detached). */
 static rb_err sync_all(tracer *tr) {
   int i;
   long long end = now_ms() + QUIT_MS;
@@ -388,9 +394,7 @@ static rb_err seize_all(tracer *tr) {
             continue;
           return (rb_err)errno;
         }
-        tr->th[tr->n].tid = tid;
-        tr->th[tr->n].hit = 0;
-        tr->th[tr->n++].gen = 0;
+        track(tr, tid);
         added = 1;
       }
     if (k < 0)
