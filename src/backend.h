@@ -61,6 +61,9 @@ void rb_name(const rb_proc *p, char *buf, size_t n);
 /* *alive is 1 while the process runs; once it ended, *known says whether
  * its exit code *code is known (Linux knows it for the host's children). */
 rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code, int *known);
+/* 1 once the process is known to have ended (a handle without the right to
+ * ask is taken as alive: the next operation tells). */
+int rb_exited(const rb_proc *p);
 
 rb_err rb_alloc(rb_proc *p, uintptr_t addr, size_t size, unsigned long type,
                 unsigned long protect, uintptr_t *out);

@@ -368,6 +368,12 @@ rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code, int *known) 
   return 0;
 }
 
+int rb_exited(const rb_proc *p) {
+  int alive = 1, known;
+  unsigned long code;
+  return rb_status(p, &alive, &code, &known) == 0 && !alive;
+}
+
 rb_err rb_processes(rb_procinfo *list, size_t cap, size_t *count) {
   DIR *d = opendir("/proc");
   struct dirent *ent;

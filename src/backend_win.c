@@ -157,6 +157,12 @@ rb_err rb_status(const rb_proc *p, int *alive, unsigned long *code, int *known) 
   return 0;
 }
 
+int rb_exited(const rb_proc *p) {
+  int alive = 1, known;
+  unsigned long code;
+  return rb_status(p, &alive, &code, &known) == 0 && !alive;
+}
+
 rb_err rb_alloc(rb_proc *p, uintptr_t addr, size_t size, unsigned long type,
                 unsigned long protect, uintptr_t *out) {
   LPVOID r = VirtualAllocEx(p->h, (LPVOID)addr, (SIZE_T)size, (DWORD)type,

@@ -32,12 +32,6 @@ typedef struct lfreeze {
   job j;
 } lfreeze;
 
-static int gone(rb_proc *p) {
-  int alive = 1, known;
-  unsigned long code;
-  /* a handle without the right to ask is taken as alive: the write tells */
-  return rb_status(p, &alive, &code, &known) == 0 && !alive;
-}
 
 /* The thread: checks that the process is still the one opened (the pidfd
  * on Linux) before each write, and ends quietly once it has exited. */
@@ -46,7 +40,7 @@ static void run(rb_thread *t, void *arg) {
   do {
     size_t done;
     rb_err e;
-    if (gone(j->p)) {
+    if (rb_exited(j->p)) {
       j->exited = 1;
       return;
     }
@@ -55,7 +49,7 @@ static void run(rb_thread *t, void *arg) {
       /* an exiting process fails writes (its memory is gone) a moment
        * before it counts as exited */
       for (tries = 0; tries < 10; tries++) {
-        if (gone(j->p)) {
+        if (rb_exited(j->p)) {
           j->exited = 1;
           return;
         }

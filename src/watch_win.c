@@ -217,9 +217,7 @@ static rb_err drain(rw_ring *r, rb_proc *p) {
 static void run(rb_thread *self, void *arg) {
   rw_ring *r = (rw_ring *)arg;
   do {
-    int alive = 1, known;
-    unsigned long code;
-    if (rb_status(r->own, &alive, &code, &known) == 0 && !alive) {
+    if (rb_exited(r->own)) {
       r->exited = 1;
       return;
     }
@@ -280,13 +278,8 @@ rb_err rw_ring_take(rw_ring *r, rb_proc *p, rw_ring_hit *hits, size_t hcap, size
   unsigned s;
   EnterCriticalSection(&r->lock);
   e = drain(r, p);
-  if (e) {
-    int alive = 1, known;
-    unsigned long code;
-    /* of a process that has exited: the hits drained until then */
-    if (rb_status(p, &alive, &code, &known) == 0 && !alive)
-      e = 0;
-  }
+  if (e && rb_exited(p)) /* of a process that has exited: the hits drained until then */
+    e = 0;
   *nhits = r->hused;
   *nthreads = r->nthreads;
   if (!e && r->hused <= hcap && r->nthreads <= tcap) {
