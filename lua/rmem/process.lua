@@ -78,6 +78,8 @@ local function handle(p, op, address)
   if getmetatable(p) ~= Process then check.self_error(Process, "p", op, p) end
   local h = p._h
   if h == nil then
+    -- the address is the user's, not yet checked: only an integer is one
+    if math_type(address) ~= "integer" then address = nil end
     error(Error.new { op = op, name = "PROCESS_CLOSED", pid = p.pid, address = address,
       message = "the process handle is closed.", hint = p._collected and "the collector "
         .. "closed it, and a finalizer kept the process object: open the process again "
