@@ -80,7 +80,7 @@ end
 --- p:read_into(buf, address, n [, offset]): reads n bytes into buf at
 -- offset (0); returns n. A partial read raises, with e.bytes_done.
 local function read_into(p, buf, address, n, offset)
-  local h = p._handle(p, "read_into")
+  local h = p._handle(p, "read_into", address)
   local a, size, off = into_args(buf, address, n, offset)
   local got, msg, code, done = h:read_into(buf, a, size, off)
   if not got then p._fail(p, "read_into", msg, code, a, size, { bytes_done = done }) end
@@ -90,7 +90,7 @@ end
 --- p:dump(address, size, path): saves the memory to a file, a chunk at a
 -- time; returns size. A failure removes the file it was writing.
 local function dump(p, address, size, path)
-  local h = p._handle(p, "dump")
+  local h = p._handle(p, "dump", address)
   local a, n = check.range(address, size, 1, "dump")
   if type(path) ~= "string" then check.argerror(3, "dump", "path must be a string, got " .. type(path)) end
   local f, why = io.open(path, "wb")
@@ -166,7 +166,7 @@ local FREEZE_OPTS = { interval = true }
 -- or the process exits. The first write happens here: an address that
 -- cannot be written raises at once.
 local function freeze(p, address, type_name, value, opts)
-  local h = p._handle(p, "freeze")
+  local h = p._handle(p, "freeze", address)
   local a = check.address(address, 1, "freeze")
   local name = type_of(p, type_name, 2, "freeze")
   if type(value) ~= "number" then

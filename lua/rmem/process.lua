@@ -88,11 +88,6 @@ local function handle(p, op, address)
   return h
 end
 
---- The core handle for rmem's own modules (p:hook), or the closed-process error.
-function Process:_handle(op)
-  return handle(self, op)
-end
-
 local function wrap(h, access)
   return setmetatable({
     pid = h:pid(), name = h:name(), bits = h:bits(),
