@@ -69,8 +69,7 @@ local function into_args(buf, address, n, offset)
     check.argerror(1, "read_into", "buf must be an rmem.buffer, got " .. type(buf))
   end
   local a, size = check.range(address, n, 2, "read_into")
-  local off = offset == nil and 0 or check.integer(offset, 4, "read_into", "offset")
-  if off < 0 then check.argerror(4, "read_into", "offset must not be negative, got " .. off) end
+  local off = offset == nil and 0 or check.nonneg(offset, 4, "read_into", "offset")
   if off > #buf or size > #buf - off then
     check.argerror(3, "read_into", ("buffer too small: %d bytes at offset %d, the buffer has %d")
       :format(size, off, #buf))

@@ -78,17 +78,14 @@ local function handle(p, op, address)
   if getmetatable(p) ~= Process then check.self_error(Process, "p", op, p) end
   local h = p._h
   if h == nil then
+    -- the address is the user's, not yet checked: only an integer is one
+    if math_type(address) ~= "integer" then address = nil end
     error(Error.new { op = op, name = "PROCESS_CLOSED", pid = p.pid, address = address,
       message = "the process handle is closed.", hint = p._collected and "the collector "
         .. "closed it, and a finalizer kept the process object: open the process again "
         .. "with rmem.open" or nil }, 0)
   end
   return h
-end
-
---- The core handle for rmem's own modules (p:hook), or the closed-process error.
-function Process:_handle(op)
-  return handle(self, op)
 end
 
 local function wrap(h, access)

@@ -159,28 +159,24 @@ function ptrscan.load_pointer_map(path)
     check.argerror(1, "load_pointer_map", "path must be a string, got " .. type(path))
   end
   local ud, header = core.ptrmap_load(path)
+  -- the map's memory goes back at once with the error
+  local function bad(message, hint)
+    if ud then ud:close() end
+    error(Error.new { op = "load_pointer_map", name = "BAD_POINTER_MAP", message = message,
+      hint = hint }, 0)
+  end
   local lines = ud and {}
   if ud then for line in (header .. "\n"):gmatch("(.-)\n") do lines[#lines + 1] = line end end
   if not ud or lines[1] ~= HEADER then
-    if ud then ud:close() end
-    error(Error.new { op = "load_pointer_map", name = "BAD_POINTER_MAP",
-      message = (ud and path .. ": not an rmem pointer map" or header) .. ".",
-      hint = "the file must be one that map:save() wrote, whole" }, 0)
+    bad((ud and path .. ": not an rmem pointer map" or header) .. ".",
+      "the file must be one that map:save() wrote, whole")
   end
   local name, pid = (lines[2] or ""):match("^process\t(.*)\t(%d+)$")
-  if not name then
-    ud:close()
-    error(Error.new { op = "load_pointer_map", name = "BAD_POINTER_MAP",
-      message = ("%s: damaged pointer map header (no process line)."):format(path) }, 0)
-  end
+  if not name then bad(("%s: damaged pointer map header (no process line)."):format(path)) end
   local modules = {}
   for i = 3, #lines do
     local mname, base, size, stop = lines[i]:match("^module\t(.*)\t(%d+)\t(%d+)\t(%d+)$")
-    if not mname then
-      ud:close()
-      error(Error.new { op = "load_pointer_map", name = "BAD_POINTER_MAP",
-        message = ("%s: damaged module list (line %d)."):format(path, i) }, 0)
-    end
+    if not mname then bad(("%s: damaged module list (line %d)."):format(path, i)) end
     modules[#modules + 1] = { name = mname, base = math.tointeger(base),
       size = math.tointeger(size), static_end = math.tointeger(stop) }
   end

@@ -147,17 +147,12 @@ end
 -- failed read (msg, code), or else what reading the process gives now.
 local function exited(s, fname, msg, code)
   local p = s.process
-  local e
-  if msg then
-    e = Error.from_os(fname, msg, code, { pid = p.pid })
-    e.hint = ("the process has exited (exit code %s)"):format(tostring(p:exit_code()))
-  else
-    local ok
-    ok, e = pcall(p.read, p, s._probe, 1)
-    if ok then return end -- readable after all: the pass will tell
-    if not Error.is_error(e) then error(e, 0) end
-    e.op, e.address, e.size, e.bytes_done = fname, nil, nil, nil
-  end
+  -- process.lua's hints: exited (with the exit code where it is known), or exec
+  if msg then p._fail(p, fname, msg, code) end
+  local ok, e = pcall(p.read, p, s._probe, 1)
+  if ok then return end -- readable after all: the pass will tell
+  if not Error.is_error(e) then error(e, 0) end
+  e.op, e.address, e.size, e.bytes_done = fname, nil, nil, nil
   error(e, 0)
 end
 

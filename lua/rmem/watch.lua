@@ -116,10 +116,6 @@ local function linux_fail(p, op, msg, code, address)
   error(e, 0)
 end
 
-local function handle_of(p, op)
-  return p:_handle(op)
-end
-
 -- Wall-clock seconds: the C runtime's clock() is elapsed time on Windows.
 local clock = os.clock
 
@@ -138,7 +134,7 @@ local function dr7_mask(slot) return 3 << 2 * slot | 0xF << 16 + 4 * slot end
 -- generation it is known to hold, seen = when it last hit (or was first
 -- armed), clear = none of rmem's registers enabled on it }.
 local function record_of(p, base, nonce, tail)
-  local ring, msg, code = handle_of(p, "watch"):watch_ring(base + DATA, tail, nonce)
+  local ring, msg, code = p:_handle("watch"):watch_ring(base + DATA, tail, nonce)
   if not ring then os_fail(p, "watch", msg, code) end
   return { base = base, data = base + DATA, nonce = nonce, ring = ring, gen = 0, queues = {},
     used = {}, want = {}, ours = 0, threads = {}, dropped = 0 }
@@ -147,7 +143,7 @@ end
 --- Windows: the ring's thread drains for p from now on (again after
 -- p:close() stopped it while another process object still watches).
 local function drain_for(p, veh, op)
-  local ok, msg, code = veh.ring:start(handle_of(p, op))
+  local ok, msg, code = veh.ring:start(p:_handle(op))
   if not ok then os_fail(p, op, msg, code) end
   local set = rawget(p, "_watch_records")
   if not set then
@@ -181,7 +177,7 @@ end
 -- hit with which generation and when, and keeps the dropped counts of the
 -- same moment (veh.dropped_by[slot]).
 local function read_ring(p, veh)
-  local hits, threads, d0, d1, d2, d3, dropped_age = veh.ring:take(handle_of(p, "hits"))
+  local hits, threads, d0, d1, d2, d3, dropped_age = veh.ring:take(p:_handle("hits"))
   if not hits then os_fail(p, "hits", threads, d0) end
   local now, known = clock(), veh.threads
   veh.dropped_by = { [0] = d0, d1, d2, d3 }
@@ -216,7 +212,7 @@ end
 -- update themselves on their next hit): for up to `wait` seconds until none
 -- is left (false when some still are), else once.
 local function settle(p, veh, op, wait)
-  local h = handle_of(p, op)
+  local h = p:_handle(op)
   local g, st = veh.gen, veh.state
   local give_up = clock() + (wait or 0)
   while true do
@@ -309,7 +305,7 @@ local function handler_of(p)
     h.ours = p:read_u32(h.data + D_ACTIVE + 4)
     h.gen = p:read_u32(h.data + D_GEN)
     local now = clock()
-    local tids, msg, code = handle_of(p, "watch"):debug_registers()
+    local tids, msg, code = p:_handle("watch"):debug_registers()
     if not tids then os_fail(p, "watch", msg, code) end
     for _, tid in ipairs(tids) do
       h.threads[tid] = { gen = -1, seen = now }
@@ -361,6 +357,12 @@ end
 local STRING_OPS = { movs = true, stos = true, lods = true, cmps = true, scas = true, ins = true,
   outs = true }
 
+--- The instruction at address, or nil where it cannot be read or decoded.
+local function insn_at(p, dis, address)
+  local ok, bytes = pcall(p.read, p, address, 15)
+  return ok and dis.disasm(bytes, address, p.bits, 1)[1] or nil
+end
+
 --- The instruction that ends at `after` (the one the CPU reported for a data
 -- access), and its text: decoded forward from each of 64 bytes before it,
 -- the boundary most decodings reach exactly is taken. A rep string
@@ -384,21 +386,13 @@ local function instruction_before(p, dis, after)
       if not best or v > votes[best] then best, text = last.address, last.text end
     end
   end
-  local ok_here, here = pcall(p.read, p, after, 15)
-  local rep = ok_here and dis.disasm(here, after, p.bits, 1)[1]
+  local rep = insn_at(p, dis, after)
   local op = rep and rep.text:match("^rep%a* (%a+)[bwdq] ")
   if op and STRING_OPS[op] and not (text and text:find("%[") and not text:match("^lea")
       and not text:match("^nop")) then
     return after, rep.text
   end
   return best, text
-end
-
-local function disasm_one(p, dis, address)
-  local ok, bytes = pcall(p.read, p, address, 15)
-  if not ok then return nil end
-  local list = dis.disasm(bytes, address, p.bits, 1)
-  return list[1] and list[1].text
 end
 
 --- Linux: the process instance ("pid:start time"): a pid may be reused.
@@ -450,7 +444,8 @@ local function collect(w)
     local at = w._before[ip]
     if at == nil then
       if w.kind == "x" then
-        at = { ip, dis and disasm_one(p, dis, ip) }
+        local insn = dis and insn_at(p, dis, ip)
+        at = { ip, insn and insn.text }
       elseif dis then
         at = { instruction_before(p, dis, ip) }
         if at[1] == nil then at = { ip } end
@@ -548,7 +543,7 @@ local function new_watch(p, address, size, kind)
   elseif a % size ~= 0 then
     check.argerror(1, "watch", ("address 0x%X is not aligned to the size (%d)"):format(a, size))
   end
-  local h = handle_of(p, "watch")
+  local h = p:_handle("watch")
   local used, veh
   if windows then
     if p._access & ACCESS_NEEDED ~= ACCESS_NEEDED then
