@@ -6,27 +6,6 @@ local sleep = require("system").sleep -- (luasystem, as busted has it)
 
 local bin = helpers.windows and helpers.root .. "/build/windows/bin/" or helpers.root .. "/build/linux/"
 
---- The functions and data of a build of the target, from the symbol table
--- the Makefile writes with nm: name -> offset from the module's base.
-local function symbols(build)
-  local file = bin .. build .. ".syms"
-  local text, image_base = helpers.read_file(file), 0
-  if helpers.windows then -- nm gives addresses at the PE's ImageBase
-    local pe = helpers.read_file(bin .. build .. ".exe")
-    image_base = string.unpack("<I8", pe, string.unpack("<I4", pe, 0x3C + 1) + 24 + 24 + 1)
-  end
-  local funcs, data = {}, {}
-  for a, kind, name in text:gmatch("(%x+) (%a) ([%w_%.]+)") do
-    local v = tonumber(a, 16)
-    if kind == "T" or kind == "t" then funcs[name] = v
-    elseif kind == "D" or kind == "d" or kind == "B" or kind == "b" then data[name] = v end
-  end
-  for _, t in ipairs { funcs, data } do
-    for k, v in pairs(t) do t[k] = v - image_base end
-  end
-  return funcs, data
-end
-
 --- Starts a build of the target: the process, the target, its module.
 local function open_build(build, opts)
   opts = opts or {}
@@ -90,7 +69,7 @@ end)
 describe("p:disasm", function()
   it("lists the target's own functions", function()
     local p, t, m = open_build("rmem-target")
-    local funcs, data = symbols("rmem-target")
+    local funcs, data = helpers.target_symbols("rmem-target")
     local list = p:disasm(m.base + funcs.get_setting, 3)
     assert.equal(3, #list)
     assert.equal(m.base + funcs.get_setting, list[1].address)
@@ -117,7 +96,7 @@ describe("p:make_signature", function()
   it("finds 20 functions of the target again, also in a build with code inserted before them", function()
     local p1, t1, m1 = open_build("rmem-target")
     local p2, t2, m2 = open_build("rmem-target-shifted")
-    local f1, f2 = symbols("rmem-target"), symbols("rmem-target-shifted")
+    local f1, f2 = helpers.target_symbols("rmem-target"), helpers.target_symbols("rmem-target-shifted")
     local names, moved = {}, 0
     for name in pairs(f1) do
       -- (names with a dot are section markers, .ctors.65535 and the like)
@@ -155,7 +134,7 @@ end)
 -- process, the target, and its functions and data by name (addresses).
 local function start_game(build)
   local p, t, m = open_build(build, { calls = 1 })
-  local f, d = symbols(build)
+  local f, d = helpers.target_symbols(build)
   for k, v in pairs(f) do f[k] = m.base + v end
   for k, v in pairs(d) do d[k] = m.base + v end
   return p, t, f, d

@@ -203,6 +203,36 @@ function helpers.describe_watch_methods(name, body)
   end
 end
 
+--- The functions and data of a build of the target (a name in build/linux/
+-- or build/windows/bin/, e.g. "rmem-target"), from the symbol table the
+-- Makefile writes with nm: two tables name -> offset from the module's base.
+function helpers.target_symbols(build)
+  local bin = helpers.windows and helpers.root .. "/build/windows/bin/" or helpers.root .. "/build/linux/"
+  local text, image_base = helpers.read_file(bin .. build .. ".syms"), 0
+  if helpers.windows then -- nm gives addresses at the PE's ImageBase
+    local pe = helpers.read_file(bin .. build .. ".exe")
+    image_base = string.unpack("<I8", pe, string.unpack("<I4", pe, 0x3C + 1) + 24 + 24 + 1)
+  end
+  local funcs, data = {}, {}
+  for a, kind, name in text:gmatch("(%x+) (%a) ([%w_%.]+)") do
+    local v = tonumber(a, 16) - image_base
+    if kind == "T" or kind == "t" then funcs[name] = v
+    elseif kind == "D" or kind == "d" or kind == "B" or kind == "b" then data[name] = v end
+  end
+  return funcs, data
+end
+
+--- The address of examples/target.c's watched variable's record in p (its
+-- 16-byte magic "rmem-watched-var", 16-byte aligned; the value follows at
+-- +16, its write count at +24, the writer's and reader's addresses at +32, +40).
+function helpers.watched_record(p)
+  local magic
+  for _, at in ipairs(p:scan_all { bytes = "rmem-watched-var", mask = ("x"):rep(16) }) do
+    if at % 16 == 0 then magic = at end
+  end
+  return assert(magic, "the watched variable was not found")
+end
+
 --- Linux: the pid tracing the process (0: none).
 function helpers.tracer_of(pid)
   return tonumber(helpers.read_file("/proc/" .. pid .. "/status"):match("TracerPid:%s*(%d+)"))

@@ -7,26 +7,14 @@ local helpers = require "spec.helpers"
 
 local N = tonumber(os.getenv("RMEM_HOOK_CYCLES")) or (helpers.windows and 1000 or 10000)
 
---- The offset of a function or variable of the target, from its symbol table.
-local function symbol(name)
-  local bin = helpers.windows and helpers.root .. "/build/windows/bin/rmem-target"
-    or helpers.root .. "/build/linux/rmem-target"
-  local image_base = 0
-  if helpers.windows then
-    local pe = helpers.read_file(bin .. ".exe")
-    image_base = string.unpack("<I8", pe, string.unpack("<I4", pe, 0x3C + 1) + 24 + 24 + 1)
-  end
-  local a = helpers.read_file(bin .. ".syms"):match("(%x+) %a " .. name .. "\n")
-  return tonumber(a, 16) - image_base
-end
-
 describe("hook stress", function()
   it(("%d hook install/remove cycles while 8 threads call the function"):format(N), function()
     local t = helpers.start_target { calls = 8 }
     local p = rmem.open(t.pid, { access = "all" })
     local m = assert(p:module(helpers.target_name))
-    local fn, tick = m.base + symbol("hook_add"), m.base + symbol("tick")
-    local calls, last_sum = m.base + symbol("calls"), m.base + symbol("last_sum")
+    local funcs, data = helpers.target_symbols("rmem-target")
+    local fn, tick = m.base + funcs.hook_add, m.base + funcs.tick
+    local calls, last_sum = m.base + data.calls, m.base + data.last_sum
     local original = p:read(fn, 16)
     p:hook(fn, ""):restore() -- the trampoline pool's first block
     local regions, handles = helpers.mapped_count(p), helpers.handle_count()

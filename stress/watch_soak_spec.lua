@@ -17,11 +17,7 @@ helpers.describe_watch_methods("watch soak", function(method)
   it(("%d watch open/close cycles on a writer in a tight loop"):format(N), function()
     local t = helpers.start_target { args = { "--writer", "0", "--writer", "0" } }
     local p = rmem.open(t.pid, { access = "all" })
-    local magic
-    for _, at in ipairs(p:scan_all { bytes = "rmem-watched-var", mask = ("x"):rep(16) }) do
-      if at % 16 == 0 then magic = at end
-    end
-    local value = assert(magic) + 16
+    local value = helpers.watched_record(p) + 16
     local handles = helpers.handle_count()
     local seen = 0
     for i = 1, N do
