@@ -14,11 +14,7 @@ local SLOW = helpers.wine and 3 or 1
 local function writer_target(args)
   local t = helpers.start_target { args = args }
   local p = rmem.open(t.pid, ACCESS)
-  local magic
-  for _, at in ipairs(p:scan_all { bytes = "rmem-watched-var", mask = ("x"):rep(16) }) do
-    if at % 16 == 0 then magic = at end
-  end
-  assert(magic, "the watched variable was not found")
+  local magic = helpers.watched_record(p)
   return p, t, { value = magic + 16, writes = magic + 24, writer = p:read_u64(magic + 32),
     reader = p:read_u64(magic + 40) }
 end
@@ -190,31 +186,32 @@ helpers.describe_watch_methods("p:watch()", function(method)
       io.write(rmem.self().pid, "\n") io.flush()
       require("testproc").sleep(60000)
     ]]):gsub("\n", " "):format(t.pid, v.value)
-    local lua = helpers.windows and arg[-1] or "lua5.4"
-    local cmd = ("%s -e %q"):format(lua, ("package.path=%q package.cpath=%q "):format(package.path,
+    local cmd = ("lua5.4 -e %q"):format(("package.path=%q package.cpath=%q "):format(package.path,
       package.cpath) .. script)
     local child = io.popen(cmd, "r")
     local child_pid = tonumber(child:read("l"))
     assert.is_number(child_pid)
     testproc.sleep(100)
-    os.execute((helpers.windows and "taskkill /F /PID %d >NUL 2>NUL" or "kill -9 %d"):format(child_pid))
+    os.execute(("kill -9 %d"):format(child_pid))
     child:close()
     local w0 = p:read_u64(v.writes)
-    testproc.sleep(500 * SLOW)
+    testproc.sleep(500)
     assert.is_true(p:is_alive())
     assert.is_true(p:read_u64(v.writes) > w0)
-    if helpers.linux then -- a ptrace watch's tracer cleared the registers and left
-      assert.are.equal(0, untraced(t.pid))
-      assert_clear(t.pid)
-    end
+    -- a ptrace watch's tracer cleared the registers and left
+    assert.are.equal(0, untraced(t.pid))
+    assert_clear(t.pid)
     p:close()
     t:stop()
   end)
 
-  --- The handlers rmem wrote into the process (their signature).
-  local function handlers(p)
-    return #p:scan_all { bytes = "rmem-watch-veh-2", mask = ("x"):rep(16) }
+  --- Where the handlers rmem wrote into the process have their signature.
+  local function handler_signatures(p)
+    return p:scan_all { bytes = "rmem-watch-veh-2", mask = ("x"):rep(16) }
   end
+
+  --- How many handlers rmem wrote into the process.
+  local function handlers(p) return #handler_signatures(p) end
 
   --- A watch on the writer's variable that sees hits, closed.
   local function watch_briefly(p, v)
@@ -276,7 +273,7 @@ helpers.describe_watch_methods("p:watch()", function(method)
   helpers.win_it("does not take a stale handler record for the process's", function()
     local p, t, v = writer_target { "--writer", "1" }
     watch_briefly(p, v)
-    local at = p:scan_all { bytes = "rmem-watch-veh-2", mask = ("x"):rep(16) }
+    local at = handler_signatures(p)
     assert.are.equal(1, #at)
     p:write(at[1] - 16, ("\0"):rep(32)) -- nonce and signature gone
     local p2 = rmem.open(t.pid, ACCESS)
@@ -391,7 +388,7 @@ helpers.describe_watch_methods("p:watch()", function(method)
   helpers.win_it("counts a hit of several slots that finds the ring full in each slot's dropped", function()
     local p, t, v = writer_target {}
     p:watch(v.value, 4, "w"):close() -- installs the handler
-    local sig = p:scan_all { bytes = "rmem-watch-veh-2", mask = ("x"):rep(16) }
+    local sig = handler_signatures(p)
     assert.are.equal(1, #sig)
     local DATA = 512
     local code = p:read(sig[1] - 128 - DATA, DATA)
@@ -535,14 +532,19 @@ helpers.describe_watch_methods("p:watch()", function(method)
     p0:close()
     t0:stop()
     local t = helpers.start_target { args = { "--writer", "1", "--until-eof", "--main-exits" } }
-    local tid -- a thread still running (a zombie leader has no maps)
+    local tid, zombie -- a thread still running (a zombie leader has no maps)
     for _ = 1, 100 do
-      for line in io.popen("ls /proc/" .. t.pid .. "/task"):lines() do
+      local ls = io.popen("ls /proc/" .. t.pid .. "/task")
+      for line in ls:lines() do
         if tonumber(line) ~= t.pid then tid = tonumber(line) end
       end
-      if helpers.read_file("/proc/" .. t.pid .. "/status"):match("State:%s*Z") then break end
+      ls:close()
+      zombie = helpers.read_file("/proc/" .. t.pid .. "/status"):match("State:%s*Z") ~= nil
+      if zombie then break end
       testproc.sleep(20)
     end
+    assert.is_true(zombie, "the main thread did not end")
+    assert.is_number(tid)
     local p = rmem.open(t.pid, ACCESS)
     local value = program_base(("/proc/%d/task/%d/maps"):format(t.pid, tid)) + offset
     local w = p:watch(value, 4, "w")
